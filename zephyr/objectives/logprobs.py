@@ -1,0 +1,207 @@
+"""Per-sequence completion log-probabilities: the quantity every DPO-family loss and the SFT loss are built on.
+
+Two routes give the same numbers:
+
+* :func:`completion_logps` takes full ``(B, T, V)`` logits, as TRL's ``_get_batch_logps`` and torchtune's
+  ``get_batch_log_probs`` do. It is the reference definition and the easy one to read.
+* :func:`token_logps_from_hidden` takes the last hidden states and the LM-head weight and projects onto the
+  vocabulary **only at the positions whose (shifted) label counts**, a chunk of positions at a time, with
+  ``logp = logit[y] - logsumexp(logits)``. Prompt and padding positions (about half of a DPO batch) never
+  touch the 32k-wide head, and no ``(B, T, V)`` fp32 tensor is ever built. With gradients on, each chunk runs
+  under activation checkpointing, so the backward pass also holds one ``(chunk, V)`` block at a time.
+
+Both use the usual one-token shift: ``logits[:, t]`` predicts ``labels[:, t + 1]``, so the first label is never
+scored and the last position's prediction is dropped. Labels equal to ``ignore_index`` (prompt, padding) do
+not count. A row with no counted token gets log-prob 0 and, when averaging, 0 rather than NaN.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "SequenceLogps",
+    "completion_logits_sum",
+    "completion_logps",
+    "masked_logits_mean",
+    "token_logps_from_hidden",
+]
+
+
+def _check_shapes(left: torch.Tensor, right: torch.Tensor, left_name: str, right_name: str, dims: int) -> None:
+    if left.dim() < 2 or right.dim() != 2 or left.shape[:2] != right.shape or left.dim() != dims:
+        raise ValueError(
+            f"{left_name} and {right_name} shapes do not match: {left_name} {tuple(left.shape)} vs "
+            f"{right_name} {tuple(right.shape)} (expected {left_name} (B, T, ...) with {right_name} (B, T))"
+        )
+
+
+def completion_logps(
+    logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100, average: bool = False
+) -> torch.Tensor:
+    """Sum (or mean) of the log-probs of the counted labels of each sequence.
+
+    Mirrors TRL's ``_get_batch_logps`` (v0.7-v0.12) and torchtune's ``get_batch_log_probs``: shift by one,
+    mask labels equal to ``ignore_index``, gather ``log_softmax`` in fp32.
+
+    Args:
+        logits: ``(B, T, V)`` raw model outputs (any float dtype; upcast to fp32 here).
+        labels: ``(B, T)`` token ids, ``ignore_index`` on prompt and padding positions.
+        ignore_index: label value that is not scored.
+        average: return the mean over counted tokens instead of the sum (IPO uses the mean).
+
+    Returns:
+        ``(B,)`` fp32 log-probs. Rows with no counted token give 0 (also when ``average=True``).
+
+    Raises:
+        ValueError: naming both shapes when ``logits`` is not ``(B, T, V)`` with ``labels`` ``(B, T)``.
+    """
+    _check_shapes(logits, labels, "logits", "labels", dims=3)
+    logits = logits[:, :-1, :].float()  # (B, T-1, V): position t predicts label t+1
+    labels = labels[:, 1:]  # (B, T-1)
+    mask = labels != ignore_index
+    safe_labels = torch.where(mask, labels, torch.zeros_like(labels))  # dummy id 0 where masked
+    token_logps = torch.gather(logits.log_softmax(-1), 2, safe_labels.unsqueeze(2)).squeeze(2)  # (B, T-1)
+    sums = (token_logps * mask).sum(-1)  # (B,)
+    if not average:
+        return sums
+    counts = mask.sum(-1)
+    return sums / counts.clamp(min=1)  # empty rows: 0 / 1 = 0
+
+
+def completion_logits_sum(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:
+    """Sum of the raw logits over counted positions and the whole vocabulary, per row (detached).
+
+    With :func:`masked_logits_mean` this gives TRL v0.12's ``logits/chosen`` metric,
+    ``logits[:, :-1][loss_mask].mean()``: the mean over counted completion positions × vocab.
+
+    Args:
+        logits: ``(B, T, V)``.
+        labels: ``(B, T)`` with ``ignore_index`` on uncounted positions.
+        ignore_index: label value that is not scored.
+
+    Returns:
+        ``(B,)`` fp32 sums (0 for rows without counted tokens).
+    """
+    _check_shapes(logits, labels, "logits", "labels", dims=3)
+    with torch.no_grad():
+        mask = labels[:, 1:] != ignore_index  # (B, T-1)
+        per_position = logits[:, :-1, :].float().sum(-1)  # (B, T-1)
+        return (per_position * mask).sum(-1)
+
+
+def masked_logits_mean(logits_sum: torch.Tensor, token_counts: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Pool per-row logit sums into TRL's ``logits/*`` scalar: ``sum(logits_sum) / (sum(token_counts) * V)``.
+
+    Pooling (rather than averaging per-row means) matches ``logits[mask].mean()`` over a batch.
+
+    Args:
+        logits_sum: ``(B,)`` from :func:`completion_logits_sum` or :func:`token_logps_from_hidden`.
+        token_counts: ``(B,)`` counted tokens per row.
+        vocab_size: V.
+
+    Returns:
+        A 0-dim fp32 tensor; 0 when no row has a counted token.
+    """
+    total = token_counts.sum().to(torch.float32) * vocab_size
+    return logits_sum.detach().float().sum() / total.clamp(min=1)
+
+
+class SequenceLogps(NamedTuple):
+    """Output of :func:`token_logps_from_hidden`; all ``(B,)``.
+
+    Attributes:
+        logps: per-row sum (or mean, if asked) of counted-token log-probs, fp32, differentiable.
+        token_counts: per-row number of counted tokens (int64).
+        logits_sum: per-row sum of the raw logits over counted positions × vocab, fp32, detached
+            (feed to :func:`masked_logits_mean` for ``logits/chosen``).
+    """
+
+    logps: torch.Tensor
+    token_counts: torch.Tensor
+    logits_sum: torch.Tensor
+
+
+def _chunk_logps(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of ``targets`` and the logit sum for ``(N, H)`` hidden rows; builds one ``(N, V)`` block."""
+    # Project in the model's dtype (what the LM head would do), then upcast: the same numbers as running the
+    # head and casting the logits to fp32 as TRL does.
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()  # (N, V)
+    target_logits = logits.gather(1, targets.unsqueeze(1)).squeeze(1)  # (N,)
+    token_logps = target_logits - torch.logsumexp(logits, dim=-1)  # (N,)
+    return token_logps, logits.detach().sum(-1)
+
+
+def token_logps_from_hidden(
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    lm_head_bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    chunk_size: int = 1024,
+    average: bool = False,
+) -> SequenceLogps:
+    """Completion log-probs from hidden states, projecting onto the vocabulary only where labels count.
+
+    Equal to ``completion_logps(hidden @ lm_head_weight.T, labels)`` (values and gradients), but the peak
+    extra memory is one ``(chunk_size, V)`` fp32 block instead of ``(B, T, V)``.
+
+    Args:
+        hidden: ``(B, T, H)`` final hidden states (after the last norm), i.e. the LM head's input.
+        lm_head_weight: ``(V, H)`` LM-head weight (``model.lm_head.weight``).
+        labels: ``(B, T)`` token ids, ``ignore_index`` on prompt and padding.
+        lm_head_bias: optional ``(V,)`` bias (Mistral has none).
+        ignore_index: label value that is not scored.
+        chunk_size: counted positions projected at once; lower it to save memory.
+        average: return per-row means instead of sums (IPO); empty rows give 0.
+
+    Returns:
+        :class:`SequenceLogps` with ``(B,)`` ``logps``, ``token_counts`` and ``logits_sum``.
+
+    Raises:
+        ValueError: on mismatched shapes (naming them) or a non-positive ``chunk_size``.
+    """
+    _check_shapes(hidden, labels, "hidden", "labels", dims=3)
+    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != hidden.shape[2]:
+        raise ValueError(
+            f"lm_head_weight shape {tuple(lm_head_weight.shape)} does not match hidden {tuple(hidden.shape)}: "
+            "expected (V, H) with H = hidden.shape[-1]"
+        )
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    batch = hidden.shape[0]
+    shifted = labels[:, 1:]  # (B, T-1)
+    mask = shifted != ignore_index  # (B, T-1)
+    rows = torch.arange(batch, device=labels.device).unsqueeze(1).expand_as(shifted)[mask]  # (N,)
+    selected = hidden[:, :-1, :][mask]  # (N, H): only positions whose next label counts
+    targets = shifted[mask]  # (N,)
+
+    use_checkpoint = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
+    token_logps, logit_sums = [], []
+    for start in range(0, selected.shape[0], chunk_size):
+        args = (selected[start : start + chunk_size], lm_head_weight, lm_head_bias, targets[start : start + chunk_size])
+        if use_checkpoint:
+            # Recompute the (chunk, V) block in backward instead of keeping every block alive until then.
+            lp, ls = checkpoint(_chunk_logps, *args, use_reentrant=False)
+        else:
+            lp, ls = _chunk_logps(*args)
+        token_logps.append(lp)
+        logit_sums.append(ls)
+
+    counts = mask.sum(-1)  # (B,)
+    sums = hidden.new_zeros(batch, dtype=torch.float32)
+    logits_sum = hidden.new_zeros(batch, dtype=torch.float32)
+    if token_logps:
+        sums = sums.index_add(0, rows, torch.cat(token_logps))
+        logits_sum = logits_sum.index_add(0, rows, torch.cat(logit_sums))
+    elif hidden.requires_grad or lm_head_weight.requires_grad:
+        # Keep the graph connected (zero gradient) so callers can always call backward().
+        sums = sums + 0.0 * (hidden.sum() + lm_head_weight.sum()).float()
+    logps = sums / counts.clamp(min=1) if average else sums
+    return SequenceLogps(logps=logps, token_counts=counts, logits_sum=logits_sum)
