@@ -1,0 +1,206 @@
+"""dSFT data: ultrachat_200k-schema conversations -> token ids with assistant-only labels, optional packing.
+
+Schema (``HuggingFaceH4/ultrachat_200k``): ``messages: [{role, content}]`` alternating user/assistant, with
+optional ``prompt`` and ``prompt_id``. Each conversation gets an empty system turn when it has none (as the
+handbook does), is rendered with the tokenizer's chat template and tokenized once with BOS. Labels come from
+character offsets: a token is trained on when it lies inside an assistant reply or its closing ``</s>``, so the
+model learns to stop; the ``\\n`` after ``</s>`` and all user/system text are masked (``-100``).
+``loss_on: all`` trains on every token instead (the paper-era handbook recipe).
+
+Packing puts several conversations in one row with best-fit decreasing bin packing. Position ids restart at 0
+for each conversation and the model is called without a 2-D attention mask, so transformers builds a
+block-diagonal causal mask: packed conversations never attend to each other, and a packed conversation's
+logits equal its unpacked logits (tested).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from zephyr.data.chat_template import ConversationError, validate_messages, with_system
+from zephyr.data.io import DataError, RowReport
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+ON_BAD_ROW = ("error", "skip")
+ON_OVERLONG = ("error", "skip", "truncate")
+
+
+@dataclass
+class SFTExample:
+    """One tokenized conversation: ``input_ids`` and ``labels`` of equal length (``-100`` = no loss)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def _assistant_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """Render ``messages`` and return the text plus the character spans of each assistant reply + eos."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    eos = tokenizer.eos_token
+    spans = []
+    for k, m in enumerate(messages):
+        # the rendered prefix up to and including message k tells us where message k ends
+        end_text = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
+        if not text.startswith(end_text):
+            raise ConversationError("chat template does not render conversations incrementally")
+        if m["role"] == "assistant":
+            content_end = end_text.rindex(eos) + len(eos)
+            content_start = content_end - len(eos) - len(m["content"])
+            spans.append((content_start, content_end))
+    return text, spans
+
+
+def tokenize_conversation(
+    tokenizer, messages: list[dict[str, str]], *, loss_on: str = "assistant", insert_empty_system: bool = True
+) -> SFTExample:
+    """Tokenize one validated conversation with BOS and build its labels.
+
+    Args:
+        tokenizer: a fast tokenizer with the Zephyr chat template.
+        messages: the conversation (already validated).
+        loss_on: ``"assistant"`` (replies and their ``</s>``) or ``"all"`` (every token but BOS).
+        insert_empty_system: prepend ``{"role": "system", "content": ""}`` when there is no system turn.
+
+    Returns:
+        The example; ``labels[i]`` is ``input_ids[i]`` where the loss counts and ``-100`` elsewhere. The
+        one-token shift happens in the loss.
+    """
+    if loss_on not in ("assistant", "all"):
+        raise ValueError(f"data.loss_on={loss_on!r} must be 'assistant' or 'all'")
+    if insert_empty_system:
+        messages = with_system(messages)
+    text, spans = _assistant_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    if loss_on == "all":
+        labels = [IGNORE_INDEX] + ids[1:]
+    else:
+        labels = [IGNORE_INDEX] * len(ids)
+        for i, (start, end) in enumerate(enc["offset_mapping"]):
+            if end > start and any(s <= start and end <= e for s, e in spans):
+                labels[i] = ids[i]
+    return SFTExample(ids, labels)
+
+
+def build_sft_examples(
+    tokenizer,
+    rows: list[dict[str, Any]],
+    *,
+    source: str,
+    max_length: int,
+    loss_on: str = "assistant",
+    on_bad_row: str = "error",
+    on_overlong: str = "error",
+    insert_empty_system: bool = True,
+) -> tuple[list[SFTExample], RowReport]:
+    """Validate and tokenize every row.
+
+    Args:
+        tokenizer: the chat tokenizer.
+        rows: rows with a ``messages`` column.
+        source: file or dataset name used in messages.
+        max_length: longest allowed sequence in tokens.
+        loss_on: see :func:`tokenize_conversation`.
+        on_bad_row: ``"error"`` stops at the first bad row; ``"skip"`` counts it in the report.
+        on_overlong: ``"error"``, ``"skip"`` (counted) or ``"truncate"`` (cut at ``max_length``, counted).
+        insert_empty_system: see :func:`tokenize_conversation`.
+
+    Returns:
+        ``(examples, report)``.
+
+    Raises:
+        DataError: ``"{source}: row {n}: {reason}"`` under the error policies.
+    """
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(f"data.on_bad_row={on_bad_row!r} must be one of {ON_BAD_ROW}")
+    if on_overlong not in ON_OVERLONG:
+        raise ValueError(f"data.on_overlong={on_overlong!r} must be one of {ON_OVERLONG}")
+    report = RowReport(source)
+    examples: list[SFTExample] = []
+    for n, row in enumerate(rows, 1):
+        report.read += 1
+        where = f"{source}: row {n}"
+        try:
+            if "messages" not in row:
+                raise ConversationError(f"missing 'messages' column (row has {', '.join(sorted(row)) or 'no keys'})")
+            messages = validate_messages(row["messages"])
+        except ConversationError as e:
+            if on_bad_row == "error":
+                raise DataError(f"{where}: {e} (set data.on_bad_row=skip to skip and count bad rows)") from None
+            report.skip(str(e), where)
+            continue
+        ex = tokenize_conversation(tokenizer, messages, loss_on=loss_on, insert_empty_system=insert_empty_system)
+        if len(ex) > max_length:
+            reason = f"{len(ex)} tokens > max_length {max_length}"
+            if on_overlong == "error":
+                raise DataError(
+                    f"{where}: {reason} (raise data.max_length, or set data.on_overlong=truncate or skip)"
+                )
+            if on_overlong == "skip":
+                report.skip(f"over-long: {reason}", where)
+                continue
+            ex = SFTExample(ex.input_ids[:max_length], ex.labels[:max_length])
+            report.truncated += 1
+        if all(label == IGNORE_INDEX for label in ex.labels[1:]):
+            # truncation removed every reply: nothing to learn from this row
+            report.skip("no trainable tokens after truncation", where)
+            continue
+        examples.append(ex)
+        report.kept += 1
+    if not examples:
+        raise DataError(f"{source}: no usable rows ({report.summary()})")
+    return examples, report
+
+
+def pack_best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing bin packing.
+
+    Args:
+        lengths: length of each item; every length must be ``<= capacity``.
+        capacity: bin size (``max_length``).
+
+    Returns:
+        Bins as lists of item indices; each bin's total length is ``<= capacity``. Deterministic.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    space: list[int] = []
+    for i in order:
+        n = lengths[i]
+        if n > capacity:
+            raise ValueError(f"item {i} has length {n} > capacity {capacity}")
+        best, best_left = -1, capacity + 1
+        for b, left in enumerate(space):
+            if n <= left < best_left:
+                best, best_left = b, left
+        if best < 0:
+            bins.append([i])
+            space.append(capacity - n)
+        else:
+            bins[best].append(i)
+            space[best] -= n
+    return bins
+
+
+def check_source(path: str | None, name: str | None) -> None:
+    """Refuse a config that names both a local file and a hub dataset."""
+    if path and name:
+        raise DataError(f"data.path={path} and data.name={name} are both set; keep one")
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SFTExample",
+    "DataError",
+    "build_sft_examples",
+    "check_source",
+    "pack_best_fit",
+    "tokenize_conversation",
+]

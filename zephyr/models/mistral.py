@@ -1,0 +1,111 @@
+"""Build the Mistral policy: a random-init model from config dims, or ``from_pretrained`` of a checkpoint.
+
+``model=tiny_mistral`` is Mistral-7B's architecture (RMSNorm, SwiGLU, GQA, RoPE, sliding window) at small
+dims, randomly initialised from a fixed seed, so it runs on a laptop CPU. ``model=mistral_7b`` loads
+``mistralai/Mistral-7B-v0.1`` by hub name, and ``model.path=DIR`` starts from any local HF checkpoint (the
+dSFT export, for DPO). The attention kernel comes from ``hardware``: FlashAttention-2 falls back to SDPA with
+one warning when flash-attn or CUDA is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_attn_implementation(requested: str | None) -> str:
+    """Return the attention kernel to use, downgrading ``flash_attention_2`` where it cannot run.
+
+    Args:
+        requested: ``"flash_attention_2"``, ``"sdpa"``, ``"eager"`` or ``None`` (transformers' default).
+
+    Returns:
+        ``requested``, or ``"sdpa"`` when FlashAttention-2 was asked for but flash-attn or CUDA is missing.
+    """
+    if requested != "flash_attention_2":
+        return requested or "sdpa"
+    if not torch.cuda.is_available():
+        log.warning("attn_implementation=flash_attention_2 needs CUDA; falling back to sdpa")
+        return "sdpa"
+    if importlib.util.find_spec("flash_attn") is None:
+        log.warning("flash-attn is not installed (pip install 'zephyr[gpu]'); falling back to sdpa")
+        return "sdpa"
+    return requested
+
+
+def _is_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or os.path.exists(path)
+
+
+def build_model(
+    path: str | None = None,
+    config: dict[str, Any] | None = None,
+    *,
+    dtype: str = "float32",
+    attn_implementation: str | None = "sdpa",
+    init_seed: int = 0,
+    revision: str | None = None,
+    gradient_checkpointing: bool = False,
+    **unused: Any,
+) -> PreTrainedModel:
+    """Create the causal LM.
+
+    Args:
+        path: a local HF checkpoint directory or a hub name; ``None`` builds a random-init Mistral from ``config``.
+        config: ``MistralConfig`` keyword arguments for random init (ignored when ``path`` is set).
+        dtype: weight dtype; keep ``float32`` with ``bf16-mixed`` precision (master weights in fp32).
+        attn_implementation: see :func:`resolve_attn_implementation`.
+        init_seed: seed for random init, so the same config gives the same weights on every run.
+        revision: hub revision when ``path`` is a hub name.
+        gradient_checkpointing: recompute activations in backward (less memory, ~30 % slower).
+        **unused: other keys of the model config group (tokenizer, name) that are not for this function.
+
+    Returns:
+        A ``MistralForCausalLM`` (or whatever architecture the checkpoint declares) in train mode.
+
+    Raises:
+        FileNotFoundError: ``path`` looks local but has no ``config.json``.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    torch_dtype = DTYPES[dtype]
+    attn = resolve_attn_implementation(attn_implementation)
+    if path:
+        path = str(path)
+        if _is_local(path):
+            expanded = Path(path).expanduser()
+            if not (expanded / "config.json").is_file():
+                raise FileNotFoundError(f"model.path={path}: no config.json there (expected an exported HF checkpoint)")
+            path = str(expanded)
+        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch_dtype, attn_implementation=attn)
+    else:
+        if not config:
+            raise ValueError("model.config is required when model.path is null (random init)")
+        mcfg = MistralConfig(**dict(config))
+        mcfg._attn_implementation = attn
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = MistralForCausalLM(mcfg)
+        model = model.to(torch_dtype)
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = model.config.eos_token_id
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters (each tied tensor counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

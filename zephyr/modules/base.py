@@ -1,0 +1,128 @@
+"""What the SFT and DPO LightningModules share: optimizer and schedule, throughput, the non-finite guard.
+
+The optimizer arrives as a ``functools.partial`` from Hydra (``_partial_: true``) and gets the parameters here.
+The schedule is linear warmup over ``warmup_ratio`` of the total optimizer steps, then cosine or linear decay
+to 0 (or constant), the recipe's schedules. Weight decay defaults to 0 as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss or log-probs stop being finite; the message names the step."""
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak learning rate at optimizer step ``s`` (0-based).
+
+    Args:
+        schedule: ``cosine``, ``linear`` or ``constant`` after warmup.
+        warmup_steps: steps of linear warmup from 0 (step 0 already trains at ``1/warmup_steps``).
+        total_steps: optimizer steps in the whole run.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"objective.scheduler.name={schedule!r} must be one of {SCHEDULES}")
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(progress, 1.0)
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+class ZephyrModule(pl.LightningModule):
+    """Base for the objective modules: owns the policy model, the optimizer and the schedule.
+
+    Args:
+        model: the causal LM being trained.
+        optimizer: partial optimizer constructor taking the parameters.
+        scheduler: ``{"name": cosine|linear|constant, "warmup_ratio": float}``.
+        chunked_loss: compute the vocabulary projection only where labels count (see objectives.logprobs).
+        loss_chunk_size: counted positions projected at once when ``chunked_loss``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: dict[str, Any] | None = None,
+        *,
+        chunked_loss: bool = True,
+        loss_chunk_size: int = 1024,
+    ):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_cfg = dict(scheduler or {"name": "cosine", "warmup_ratio": 0.1})
+        self.chunked_loss = chunked_loss
+        self.loss_chunk_size = loss_chunk_size
+        self._step_started: float | None = None
+        self._tokens_since_log = 0
+
+    # ---- forward helpers -------------------------------------------------------------------------------------
+    def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states ``(B, T, H)`` of a padding-free batch (no 2-D mask; position ids restart)."""
+        out = self.model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state
+
+    def logits(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Full logits ``(B, T, V)`` (the straightforward path, used when ``chunked_loss`` is off)."""
+        return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+
+    def check_finite(self, name: str, value: torch.Tensor) -> None:
+        if not torch.isfinite(value.detach()).all():
+            raise NonFiniteLossError(
+                f"{name} is not finite at global step {self.global_step} (batch of epoch {self.current_epoch}); "
+                "training stopped, the last checkpoint in checkpoints/ is still usable (lower the learning rate "
+                "or check the data)"
+            )
+
+    # ---- throughput --------------------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if self._step_started is None:
+            self._step_started = time.perf_counter()
+        self._tokens_since_log += int(batch["num_tokens"])
+
+    def log_throughput(self) -> None:
+        """Log ``train/tokens_per_sec`` over the optimizer steps since the last call (non-pad tokens)."""
+        if self._step_started is None:
+            return
+        elapsed = time.perf_counter() - self._step_started
+        if elapsed > 0:
+            self.log("train/tokens_per_sec", self._tokens_since_log / elapsed, on_step=True, prog_bar=True)
+        self._step_started, self._tokens_since_log = None, 0
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+            self.log_throughput()
+
+    # ---- optimisation ------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = self.optimizer_factory(params)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = int(math.ceil(float(self.scheduler_cfg.get("warmup_ratio", 0.0)) * total))
+        warmup = int(self.scheduler_cfg.get("warmup_steps", warmup) or 0)
+        fn = lr_lambda(self.scheduler_cfg.get("name", "cosine"), warmup, total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, prog_bar=False)

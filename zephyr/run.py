@@ -1,0 +1,227 @@
+"""``train(cfg)``: compose data, model, objective, callbacks, loggers and trainer from a Hydra config; fit; export.
+
+Used by ``train.py`` (Hydra CLI), by the demo pipeline and by tests (with ``hydra.compose``). It checks the
+config before anything heavy is built: required ``???`` values, a dSFT checkpoint that does not exist yet,
+and the resume checkpoint. W&B is finished in a ``finally`` block, so one crashed job does not stall a
+multirun. Returns the final metrics (also written to ``metrics.json`` in the run directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from zephyr.callbacks import AtomicCheckpointIO, MetricsFileCallback, atomic_write_text
+from zephyr.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+REDACTED = "***"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key."""
+
+
+def redact(obj: Any) -> Any:
+    """Copy of a config container with the value of every key that looks secret replaced by ``***``."""
+    if isinstance(obj, dict):
+        return {k: (REDACTED if SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming every ``???`` value still missing."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing required config value(s): {', '.join(missing)} (set them on the command line)")
+
+
+def resolve_output_dir(cfg: DictConfig) -> Path:
+    """The run directory: Hydra's job dir in a multirun, else ``paths.output_dir``."""
+    out = None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            if hc.mode is not None and hc.mode.name == "MULTIRUN":
+                out = hc.runtime.output_dir
+    except ValueError:
+        out = None
+    out = Path(out or cfg.paths.output_dir).expanduser().resolve()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    return out
+
+
+def check_model_path(cfg: DictConfig) -> None:
+    """A local ``model.path`` that does not exist gets one line saying which command makes it."""
+    path = cfg.model.get("path")
+    if not path or not str(path).startswith((".", "/", "~")):
+        return
+    p = Path(str(path)).expanduser()
+    if (p / "config.json").is_file():
+        return
+    hint = cfg.model.get("missing_hint") or "train one with `python train.py paths.output_dir=DIR` (exports DIR/model)"
+    raise ConfigError(f"model.path={p} has no checkpoint; {hint}")
+
+
+def resolve_ckpt_path(cfg: DictConfig, out: Path) -> str | None:
+    """``ckpt_path``: ``null`` (fresh), ``last`` (``<run>/checkpoints/last.ckpt`` if present) or a file."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt:
+        return None
+    if str(ckpt) == "last":
+        last = out / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            log.info("resuming from %s", last)
+            return str(last)
+        log.info("ckpt_path=last but %s does not exist: starting from scratch", last)
+        return None
+    if not Path(str(ckpt)).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt}: checkpoint file not found")
+    return str(ckpt)
+
+
+def build_callbacks(cfg: DictConfig, out: Path) -> tuple[list[pl.Callback], MetricsFileCallback]:
+    callbacks: list[pl.Callback] = []
+    for name, cb_cfg in (cfg.get("callbacks") or {}).items():
+        if cb_cfg is None:
+            continue
+        if "_target_" not in cb_cfg:
+            raise ConfigError(f"callbacks.{name} has no _target_")
+        callbacks.append(instantiate(cb_cfg))
+    metrics_cb = MetricsFileCallback(str(out))
+    callbacks.append(metrics_cb)
+    return callbacks, metrics_cb
+
+
+def build_loggers(cfg: DictConfig, out: Path, flat_cfg: dict[str, Any]) -> list[Any]:
+    lcfg = cfg.get("logger")
+    if not lcfg or lcfg.get("_target_") is None:
+        return []
+    if "wandb" in str(lcfg["_target_"]).lower():
+        os.environ.setdefault("WANDB_DIR", str(out))
+        os.environ.setdefault("WANDB_CACHE_DIR", str(out / ".wandb_cache"))
+        os.environ.setdefault("WANDB_CONFIG_DIR", str(out / ".wandb_config"))
+        os.environ.setdefault("WANDB_SILENT", "true")
+    logger = instantiate(lcfg)
+    logger.log_hyperparams(flat_cfg)
+    return [logger]
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], out: Path) -> pl.Trainer:
+    hw = cfg.hardware
+    strategy: Any = "auto"
+    if cfg.get("strategy") is not None and cfg.strategy.get("_target_"):
+        strategy = instantiate(cfg.strategy)
+    elif cfg.get("strategy") is not None and cfg.strategy.get("name"):
+        strategy = cfg.strategy.name
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs.pop("_target_", None)
+    plugins = []
+    if isinstance(strategy, str) and "deepspeed" not in strategy:
+        plugins.append(AtomicCheckpointIO())
+    return pl.Trainer(
+        accelerator=hw.accelerator,
+        devices=hw.devices,
+        num_nodes=hw.get("num_nodes", 1),
+        precision=hw.precision,
+        strategy=strategy,
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(out),
+        plugins=plugins or None,
+        **kwargs,
+    )
+
+
+def _final_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    out = {}
+    for k, v in trainer.callback_metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            out[k] = float(v)
+        elif isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one training job described by ``cfg`` (the composed ``conf/train.yaml``).
+
+    Returns:
+        Final metrics: the last logged ``train/*`` values, ``eval/*`` from a final validation pass,
+        ``runtime_s`` and ``global_step``.
+    """
+    started = time.perf_counter()
+    check_required(cfg)
+    out = resolve_output_dir(cfg)
+    check_model_path(cfg)
+    ckpt_path = resolve_ckpt_path(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    flat_cfg = redact(container)
+    atomic_write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(flat_cfg)))
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision(cfg.hardware.get("matmul_precision", "highest"))
+    tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("path"))
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    module = instantiate(cfg.objective, model=model, _convert_="all")
+    if hasattr(module, "attach"):
+        module.attach(cfg=cfg, datamodule=datamodule, tokenizer=tokenizer, output_dir=out)
+    callbacks, metrics_cb = build_callbacks(cfg, out)
+    loggers = build_loggers(cfg, out, flat_cfg)
+    metrics: dict[str, float] = {}
+    try:
+        trainer = build_trainer(cfg, callbacks, loggers, out)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics.update(_final_metrics(trainer))
+        if cfg.get("final_eval", True) and datamodule.eval_items:
+            for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items():
+                metrics[k] = float(v)
+        metrics["global_step"] = float(trainer.global_step)
+        metrics["runtime_s"] = time.perf_counter() - started
+        if cfg.get("export", True) and trainer.is_global_zero:
+            from zephyr.models.export import export_hf
+
+            target = export_hf(
+                module.model, tokenizer, out / "model", dtype=cfg.get("export_dtype"),
+                metadata={"metrics": metrics, "overrides": _overrides()},
+            )
+            log.info("exported the model to %s", target)
+        if trainer.is_global_zero:
+            metrics_cb.write(metrics)
+        for lg in loggers:
+            if hasattr(lg, "experiment") and hasattr(lg.experiment, "summary"):
+                lg.experiment.summary.update(metrics)
+    finally:
+        for lg in loggers:
+            if "wandb" in type(lg).__name__.lower():
+                import wandb
+
+                wandb.finish()
+    return metrics
+
+
+def _overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    except ValueError:
+        return []
