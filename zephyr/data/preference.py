@@ -258,8 +258,9 @@ def load_preference_rows(
 
     Raises:
         FileNotFoundError: a local path that does not exist (naming it).
-        ValueError: ``"FILE: row N: reason"`` for a bad row under ``on_bad_row="error"`` (N counts from 0),
-            an unknown ``on_bad_row`` or file suffix.
+        ConversationError: (a ValueError, reported as a one-line user error) ``"FILE: row N: reason"`` for a bad
+            row under ``on_bad_row="error"`` (N counts from 0), or a json/parquet file that cannot be read.
+        ValueError: an unknown ``on_bad_row`` or file suffix.
     """
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
@@ -278,7 +279,7 @@ def load_preference_rows(
             raw: Sequence[Any] = datasets.load_dataset(fmt, data_files=str(path), split="train")
         except Exception as e:  # Arrow could not unify the rows' types; find the bad row ourselves
             if path.suffix != ".jsonl":
-                raise ValueError(f"{path}: could not be read as {fmt}: {e}") from e
+                raise ConversationError(f"{path}: could not be read as {fmt}: {e}") from e
             raw = _read_jsonl_rows(path)
     else:
         source = f"{name} [{split}]"
@@ -293,7 +294,7 @@ def load_preference_rows(
             validate_pair(row)
         except ConversationError as e:
             if on_bad_row == "error":
-                raise ValueError(f"{source}: row {index}: {e}") from None
+                raise ConversationError(f"{source}: row {index}: {e}") from None
             skipped.append((index, str(e)))
             continue
         rows.append(dict(row))
