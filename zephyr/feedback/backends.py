@@ -1,0 +1,391 @@
+"""Chat backends for the data pipeline: OpenAI-compatible endpoints, local checkpoints, and a config factory.
+
+``OpenAIBackend`` talks to any OpenAI-compatible server (OpenAI, vLLM, TGI, ``zephyr serve``) through the official
+``openai`` SDK. The API key is read from the environment variable named in the config (``api_key_env``) and
+nowhere else; it is registered with ``redact`` so that error texts written to logs or stores never contain it.
+The SDK's own retries are switched off (``max_retries=0``) so that ours, exponential backoff with full jitter
+on 429 / 5xx / timeouts / connection errors, are the only ones and are counted (``stats``).
+
+``LocalCheckpointBackend`` loads an exported Hugging Face checkpoint folder and generates with its chat template
+(``add_generation_prompt=True``), left-padded batches through ``chat_batch`` for throughput.
+
+``build_backend(spec)`` turns a config dict ``{type: openai|local|toy_teacher|toy_student|toy_judge|toy_user, ...}``
+(or a Hydra ``_target_`` dict) into a backend; ``build_pool(spec)`` does the same for a completion pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from zephyr.chat import ChatBackend, ChatResponse
+
+log = logging.getLogger(__name__)
+
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+
+
+def register_secret(value: str) -> None:
+    """Remember ``value`` so ``redact`` removes it from any text written out."""
+    if value and len(value) >= 4:
+        with _SECRETS_LOCK:
+            _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``***``."""
+    for s in list(_SECRETS):
+        text = text.replace(s, "***")
+    return text
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible chat endpoint with counted retries.
+
+    Args:
+        model: model name sent to the server.
+        base_url: server URL ending in ``/v1`` (``None`` = api.openai.com).
+        api_key_env: name of the environment variable holding the key; ``None`` for keyless local servers.
+        name: name recorded in datasets (default: ``model``).
+        timeout: seconds per HTTP call.
+        max_retries: retries after the first attempt on 429 / 5xx / timeouts / connection errors.
+        backoff_base: first backoff ceiling in seconds; doubles each retry (full jitter: uniform(0, ceiling)).
+        backoff_max: cap of the backoff ceiling in seconds.
+        extra_body: extra JSON fields for servers with non-standard options (e.g. vLLM's ``top_k``).
+
+    Raises:
+        RuntimeError: when ``api_key_env`` is set but the variable is missing or empty.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        name: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        backoff_base: float = 1.0,
+        backoff_max: float = 30.0,
+        extra_body: Mapping[str, Any] | None = None,
+    ):
+        import openai
+
+        self._openai = openai
+        self.model = model
+        self.name = name or model
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
+        self.extra_body = dict(extra_body) if extra_body else None
+        if api_key_env:
+            key = os.environ.get(api_key_env, "")
+            if not key:
+                raise RuntimeError(f"backend {self.name!r}: environment variable {api_key_env} is not set")
+            register_secret(key)
+        else:
+            key = "no-key"  # the SDK insists on a string; keyless servers ignore it
+        self._client = openai.OpenAI(base_url=base_url, api_key=key, timeout=self.timeout, max_retries=0)
+        self._rng = random.Random()
+        self._stats_lock = threading.Lock()
+        self.stats = {"calls": 0, "retries": 0, "errors": 0}
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+
+    def _retryable(self, e: Exception) -> bool:
+        o = self._openai
+        if isinstance(e, (o.APITimeoutError, o.APIConnectionError, o.RateLimitError, o.InternalServerError)):
+            return True
+        if isinstance(e, o.APIStatusError):
+            return e.status_code == 429 or e.status_code >= 500
+        return isinstance(e, o.APIResponseValidationError)
+
+    def _sleep_for(self, attempt: int, e: Exception) -> float:
+        ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))
+        delay = self._rng.uniform(0, ceiling)
+        response = getattr(e, "response", None)
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        if retry_after:
+            try:
+                delay = max(delay, min(float(retry_after), self.backoff_max))
+            except ValueError:
+                pass
+        return delay
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        n: int = 1,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> ChatResponse:
+        kwargs: dict[str, Any] = dict(
+            model=self.model,
+            messages=messages,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            n=n,
+        )
+        if seed is not None:
+            kwargs["seed"] = int(seed)
+        if stop:
+            kwargs["stop"] = list(stop)
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        for attempt in range(self.max_retries + 1):
+            with self._stats_lock:
+                self.stats["calls"] += 1
+            try:
+                resp = self._client.chat.completions.create(**kwargs)
+                if not resp.choices:
+                    raise RuntimeError(f"backend {self.name!r}: response without choices")
+                usage = resp.usage
+                return ChatResponse(
+                    texts=[(c.message.content or "") for c in resp.choices],
+                    prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                    completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                    model=resp.model or self.model,
+                    finish_reasons=[c.finish_reason or "stop" for c in resp.choices],
+                )
+            except Exception as e:
+                if not self._retryable(e) or attempt == self.max_retries:
+                    with self._stats_lock:
+                        self.stats["errors"] += 1
+                    raise RuntimeError(
+                        redact(f"backend {self.name!r}: {type(e).__name__} after {attempt + 1} attempt(s): {e}")
+                    ) from None
+                delay = self._sleep_for(attempt, e)
+                with self._stats_lock:
+                    self.stats["retries"] += 1
+                log.debug("backend %s: %s, retry %d in %.2fs", self.name, type(e).__name__, attempt + 1, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+class LocalCheckpointBackend:
+    """A local Hugging Face checkpoint folder answering through its chat template.
+
+    Args:
+        path: folder with ``config.json``, weights and a tokenizer whose config has a chat template.
+        name: name recorded in datasets (default: the folder name).
+        device: torch device string.
+        dtype: ``float32`` | ``bfloat16`` | ``float16``.
+        batch_size: prompts per ``generate`` call in ``chat_batch``.
+
+    Raises:
+        FileNotFoundError: when ``path`` is not a folder with ``config.json``.
+        ValueError: when the tokenizer has no chat template.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        name: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 16,
+    ):
+        from pathlib import Path
+
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{p}: not a checkpoint folder (no config.json)")
+        self.path = str(p)
+        self.name = name or p.name
+        self.batch_size = int(batch_size)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{p}: the tokenizer has no chat template")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype).to(device).eval()
+        self.device = device
+        self._lock = threading.Lock()  # one generate at a time: the model is not thread-safe
+
+    def __repr__(self) -> str:
+        return f"LocalCheckpointBackend(path={self.path!r})"
+
+    def chat(self, messages, *, temperature=0.7, top_p=1.0, max_tokens=256, n=1, seed=None, stop=None) -> ChatResponse:
+        return self.chat_batch(
+            [messages], temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, seed=seed, stop=stop
+        )[0]
+
+    def chat_batch(
+        self,
+        batch: list[list[dict[str, str]]],
+        *,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        n: int = 1,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> list[ChatResponse]:
+        """Answer several conversations in left-padded batches of ``batch_size``.
+
+        Args:
+            batch: conversations, each ``[{"role", "content"}, ...]``.
+            temperature: 0 means greedy decoding.
+            top_p: nucleus sampling mass.
+            max_tokens: new tokens per completion; generation also stops at eos.
+            n: completions per conversation.
+            seed: seeds torch's generator for this call (the global RNG state is restored afterwards).
+            stop: strings that cut a completion (finish reason ``stop``).
+
+        Returns:
+            One ``ChatResponse`` per conversation, in order.
+        """
+        import torch
+
+        tok = self.tokenizer
+        out: list[ChatResponse] = []
+        for start in range(0, len(batch), self.batch_size):
+            chunk = batch[start : start + self.batch_size]
+            texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in chunk]
+            # The chat template already writes <s>; adding special tokens again would double it.
+            enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+            enc = {k: v.to(self.device) for k, v in enc.items()}
+            gen_kwargs: dict[str, Any] = dict(
+                max_new_tokens=int(max_tokens),
+                num_return_sequences=int(n),
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+            if temperature and temperature > 0:
+                gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p))
+            else:
+                gen_kwargs.update(do_sample=False)
+            with self._lock, torch.random.fork_rng(devices=[]), torch.no_grad():
+                if seed is not None:
+                    torch.manual_seed(int(seed) + start)
+                seqs = self.model.generate(**enc, **gen_kwargs)
+            prompt_len = enc["input_ids"].shape[1]
+            new = seqs[:, prompt_len:]  # (B * n, T_new)
+            for i in range(len(chunk)):
+                resp_texts, reasons, n_tokens = [], [], 0
+                for j in range(n):
+                    ids = new[i * n + j].tolist()
+                    if tok.eos_token_id in ids:
+                        ids = ids[: ids.index(tok.eos_token_id)]
+                        reason = "stop"
+                    else:
+                        reason = "length"
+                    n_tokens += len(ids)
+                    text = tok.decode(ids, skip_special_tokens=True)
+                    for s in stop or []:
+                        if s and s in text:
+                            text, reason = text[: text.index(s)], "stop"
+                    resp_texts.append(text.strip())
+                    reasons.append(reason)
+                out.append(
+                    ChatResponse(
+                        texts=resp_texts,
+                        prompt_tokens=int(enc["attention_mask"][i].sum()),
+                        completion_tokens=n_tokens,
+                        model=self.name,
+                        finish_reasons=reasons,
+                    )
+                )
+        return out
+
+
+_TOY = {
+    "toy_teacher": ("zephyr.toy.teacher", "ToyTeacher"),
+    "toy_student": ("zephyr.toy.students", "RuleStudent"),
+    "toy_judge": ("zephyr.toy.judge", "VerifierJudge"),
+    "toy_user": ("zephyr.feedback.toy_user", "ToyUserSimulator"),
+}
+
+
+def _plain(spec: Any) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(spec, DictConfig):
+            return OmegaConf.to_container(spec, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a backend spec must be a mapping, got {type(spec).__name__}: {spec!r}")
+    return dict(spec)
+
+
+def build_backend(spec: Mapping[str, Any]) -> ChatBackend:
+    """Make a backend from ``{type: openai|local|toy_teacher|toy_student|toy_judge, ...}`` or ``{_target_: ...}``.
+
+    The remaining keys are the constructor's keyword arguments (``local`` takes ``path``). Secrets are not
+    accepted here: ``openai`` reads its key from the variable named by ``api_key_env``.
+
+    Raises:
+        ValueError: for an unknown ``type``, a missing ``type``/``_target_``, or an ``api_key`` key in the spec.
+    """
+    spec = _plain(spec)
+    if "api_key" in spec:
+        raise ValueError("backend spec: put the key in an environment variable and name it with api_key_env")
+    if "_target_" in spec:
+        from hydra.utils import instantiate
+
+        return instantiate(spec)
+    kind = spec.pop("type", None)
+    if kind == "openai":
+        return OpenAIBackend(**spec)
+    if kind == "local":
+        return LocalCheckpointBackend(**spec)
+    if kind in _TOY:
+        import importlib
+
+        module, cls = _TOY[kind]
+        return getattr(importlib.import_module(module), cls)(**spec)
+    raise ValueError(
+        f"backend spec: unknown type {kind!r} (openai | local | toy_teacher | toy_student | toy_judge | toy_user)"
+    )
+
+
+def build_pool(spec: Any) -> list[ChatBackend]:
+    """Make the completion pool: a list of backend specs, or ``{type: toy_pool, seed: S, ...}``.
+
+    Raises:
+        ValueError: when two pool members share a name (rows are keyed by model name).
+    """
+    try:
+        from omegaconf import ListConfig, OmegaConf
+
+        if isinstance(spec, ListConfig):
+            spec = OmegaConf.to_container(spec, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(spec, Mapping) or hasattr(spec, "keys"):
+        d = _plain(spec)
+        if d.get("type") == "toy_pool":
+            from zephyr.toy.students import default_pool
+
+            d.pop("type")
+            members = list(default_pool(**d))
+        else:
+            members = [build_backend(d)]
+    else:
+        members = [m if hasattr(m, "chat") else build_backend(m) for m in spec]
+    names = [m.name for m in members]
+    dupes = sorted({x for x in names if names.count(x) > 1})
+    if dupes:
+        raise ValueError(f"pool: model names must be unique, repeated: {dupes}")
+    return members
