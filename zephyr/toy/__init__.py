@@ -1,5 +1,12 @@
-"""The offline toy world: verifiable task families, an imperfect teacher, a student pool and a verifier judge."""
+"""The offline toy world: verifiable task families, an imperfect teacher, a student pool and a verifier judge.
 
+Everything here speaks ``zephyr.chat.ChatBackend``, so the toy world plugs into the same data pipeline
+as real OpenAI-compatible endpoints.
+"""
+
+from zephyr.toy.judge import VerifierJudge
+from zephyr.toy.rules import ErrorProfile, RuleChatModel
+from zephyr.toy.students import POOL_PROFILES, RuleStudent, default_pool
 from zephyr.toy.tasks import (
     FAMILIES,
     Task,
@@ -10,14 +17,23 @@ from zephyr.toy.tasks import (
     render_reply,
     sample_tasks,
 )
+from zephyr.toy.teacher import ToyTeacher, sft_dialogues
 
 __all__ = [
     "FAMILIES",
+    "POOL_PROFILES",
+    "ErrorProfile",
+    "RuleChatModel",
+    "RuleStudent",
     "Task",
+    "ToyTeacher",
+    "VerifierJudge",
+    "default_pool",
     "extract_answer",
     "follows_format",
     "is_correct",
     "parse_question",
     "render_reply",
     "sample_tasks",
+    "sft_dialogues",
 ]
