@@ -196,9 +196,13 @@ _TEXT_MARK = re.compile(r"^<text (\d+)> ?", re.MULTILINE)
 
 def parse_annotation_prompt(prompt: str) -> tuple[str, str, list[str]] | None:
     """Split an aspect prompt into ``(aspect, instruction, texts)``, or ``None`` if it is not one."""
-    aspect = next((a for a, title in ASPECT_TITLES.items() if title.lower() in prompt.lower()), None)
-    if aspect is None:
+    # the rubric's title comes first; later text may mention other aspects, so take the earliest title
+    low = prompt.lower()
+    found = {a: low.find(title.lower()) for a, title in ASPECT_TITLES.items()}
+    found = {a: i for a, i in found.items() if i >= 0}
+    if not found:
         return None
+    aspect = min(found, key=found.__getitem__)
     start = prompt.rfind("### Input")
     body = prompt[start:] if start >= 0 else prompt
     m = re.search(r"Instruction: (.*?)\n\s*Texts:\s*\n", body, re.DOTALL)

@@ -156,6 +156,8 @@ def _wrong_work(task: Task, answer: str) -> str | None:
     if not work or task.answer not in work:
         return None
     head, _, tail = work.rpartition(task.answer)
+    if task.family == "count_letter":  # keep "1 time" / "2 times" grammatical
+        tail = tail.replace(" times.", " time.") if answer == "1" else tail.replace(" time.", " times.")
     return head + answer + tail
 
 

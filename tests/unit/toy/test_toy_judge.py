@@ -195,3 +195,11 @@ def test_judge_prefers_right_over_teacher_bug_across_many_prompts():
             ]
             means.append(ratings)
         assert sum(m[0] for m in means) > sum(m[1] for m in means)
+
+
+def test_aspect_is_the_rubric_title_not_a_later_mention():
+    prompt = aspect_prompt("helpfulness", INSTRUCTION, TEXTS).replace(
+        "Evaluate the texts", "Unlike the Truthfulness and Hallucination Assessment, evaluate the texts"
+    )
+    aspect, _, texts = parse_annotation_prompt(prompt)
+    assert aspect == "helpfulness" and texts == TEXTS
