@@ -262,3 +262,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ties", choices=["drop", "random"], help="equal-score pairs: drop | keep (random order)")
     p.add_argument("--test-size", type=float, help="fraction of prompts for test_prefs")
     p.set_defaults(func=cmd_binarize)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m zephyr.feedback.cli data ...``: the same commands without the other command groups."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="zephyr", description=__doc__.splitlines()[0])
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        print(f"zephyr data {args.data_command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
