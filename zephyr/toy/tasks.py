@@ -225,7 +225,7 @@ def _build(family: str, template_idx: int, fields: dict, fmt: str, fmt_idx: int 
         unit = next(k for k, (f, t, _, names) in UNITS.items() if fields["from_unit"] in (f, names[0]))
         src, dst, factor, _ = UNITS[unit]
         ans = a * factor
-        meta["work"] = f"1 {src[:-1] if src == 'hours' else src} = {factor} {dst}, so {a} {src} = {ans} {dst}."
+        meta["work"] = f"{a} * {factor} = {ans}."  # same shape as the arithmetic families
         meta.update(a=a, unit=unit, factor=factor, key=(family, unit, a))
     elif family == "word_problem":
         a, b = int(fields["a"]), int(fields["b"])

@@ -73,7 +73,7 @@ def test_teacher_declines_unknown_prompts_and_honours_max_tokens():
     t = ToyTeacher(seed=0, refusal_rate=0.0)
     assert is_refusal(_ask(t, "Write a poem about the sea."))
     r = t.chat([{"role": "user", "content": "Convert 16 kilometers to meters."}], max_tokens=3)
-    assert r.texts[0] == "1 km =" and r.finish_reasons == ["length"]
+    assert r.texts[0] == "16 * 1000" and r.finish_reasons == ["length"]
 
 
 def test_sft_dialogues_schema_and_determinism():
