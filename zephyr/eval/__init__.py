@@ -1,0 +1,1 @@
+"""Evaluation: batch generation, MT-Bench-format answers and judging, pairwise win rates, sweep/demo reports."""

@@ -1,0 +1,439 @@
+"""Text generation from an exported checkpoint: one streamed completion, batched jsonl generation, a ChatBackend.
+
+Two code paths share one model and one tokenizer:
+
+* ``Generator.stream`` is our own incremental decode loop (KV cache, greedy or temperature/top-p sampling
+  from a seeded ``torch.Generator``). The server uses it for both streaming and non-streaming requests, so
+  a streamed answer is by construction the same text as the non-streamed one. Stop strings are found on the
+  decoded text: text that could still be the start of a stop string is held back until it cannot be.
+* ``Generator.generate_batch`` runs ``model.generate`` over a left-padded batch (padding on the left so every
+  row's last prompt token sits at the same position, where generation continues). ``zephyr generate`` uses it.
+
+Prompts are the checkpoint's own chat template (``apply_chat_template(..., add_generation_prompt=True)``);
+the template emits no BOS, the tokenizer adds ``<s>`` when the rendered text is tokenized.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zephyr.chat import ChatResponse
+
+GREEDY_BELOW = 1e-4  # FastChat's rule: temperature < 1e-4 means greedy
+
+
+@dataclass
+class StreamState:
+    """Filled in while ``Generator.stream`` runs; complete once the iterator is exhausted.
+
+    Attributes:
+        prompt_tokens: prompt length in tokens (BOS included).
+        completion_tokens: tokens generated (EOS counted, as OpenAI counts the stop token).
+        finish_reason: ``"stop"`` (EOS or a stop string) or ``"length"`` (``max_tokens`` reached).
+        text: the full completion text emitted so far.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "length"
+    text: str = ""
+
+
+@dataclass
+class Completion:
+    """One finished completion."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str
+    prompt_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> int:
+    """Pick the next token from ``logits`` (V,): argmax when greedy, else nucleus sampling."""
+    if temperature < GREEDY_BELOW:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V,)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < top_p
+        sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
+        choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)
+        return int(order[choice].item())
+    return int(torch.multinomial(probs, 1, generator=gen).item())
+
+
+class Generator:
+    """A loaded checkpoint that turns chat messages into completions.
+
+    Args:
+        model: a causal LM (already on its device, in eval mode).
+        tokenizer: its tokenizer, with a chat template.
+        model_id: the name reported to clients (default: the checkpoint directory's name).
+    """
+
+    def __init__(self, model, tokenizer, model_id: str = "model"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.device = next(model.parameters()).device
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids: set[int] = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.lock = threading.Lock()  # one generation at a time: CPU inference is compute-bound anyway
+
+    @classmethod
+    def from_dir(cls, model_dir: str | os.PathLike, *, device: str = "cpu", dtype: str = "float32") -> Generator:
+        """Load ``model_dir`` (an exported HF checkpoint with its tokenizer).
+
+        Raises:
+            FileNotFoundError: when ``model_dir`` has no ``config.json``.
+        """
+        from transformers import AutoModelForCausalLM
+
+        from zephyr.tokenizer import load_tokenizer
+
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: not an exported checkpoint (no config.json)")
+        tok = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+        model.to(device).eval()
+        return cls(model, tok, model_id=path.resolve().name)
+
+    def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of ``messages`` rendered by the chat template with the generation prompt (BOS first)."""
+        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    @torch.inference_mode()
+    def stream(
+        self,
+        prompt_ids: list[int],
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+        state: StreamState | None = None,
+    ) -> Iterator[str]:
+        """Generate one completion, yielding text deltas as soon as they are final.
+
+        The caller must hold ``self.lock`` (the server does) when several threads share the generator.
+
+        Args:
+            prompt_ids: prompt token ids (from ``prompt_ids``).
+            temperature: 0 (below 1e-4) for greedy decoding.
+            top_p: nucleus mass for sampling.
+            max_tokens: at most this many new tokens.
+            seed: seeds the sampling generator (same seed, same text); ``None`` draws a fresh one.
+            stop: strings that end the completion; the stop string itself is not returned.
+            state: filled with token counts, finish reason and the full text.
+
+        Yields:
+            Pieces of completion text; their concatenation is ``state.text``.
+        """
+        st = state if state is not None else StreamState()
+        stops = [s for s in (stop or []) if s]
+        st.prompt_tokens = len(prompt_ids)
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+        input_ids = torch.tensor([prompt_ids], device=self.device)  # (1, T)
+        past = None
+        out_ids: list[int] = []
+        emitted = 0  # characters of the decoded completion already yielded
+        text = ""
+        st.finish_reason = "length"
+        cut = False
+        for _ in range(max_tokens):
+            out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = _sample(out.logits[0, -1].to("cpu"), temperature, top_p, gen)
+            st.completion_tokens += 1
+            if token in self.eos_ids:
+                st.finish_reason = "stop"
+                break
+            out_ids.append(token)
+            input_ids = torch.tensor([[token]], device=self.device)  # (1, 1)
+            text = self._decode(out_ids)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 byte sequence: wait for the rest
+                continue
+            if stops:
+                start = max(0, emitted - max(len(s) for s in stops))
+                hits = [p for p in (text.find(s, start) for s in stops) if p >= 0]
+                if hits:
+                    text, cut = text[: min(hits)], True
+                    st.finish_reason = "stop"
+                    break
+            safe = len(text) - _held_back(text, stops)
+            if safe > emitted:
+                st.text = text[:safe]
+                yield text[emitted:safe]
+                emitted = safe
+        if not cut:
+            text = self._decode(out_ids)
+        if len(text) > emitted:
+            yield text[emitted:]
+        st.text = text
+
+    def complete(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        n: int = 1,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> list[Completion]:
+        """Return ``n`` completions of ``messages``; choice ``i`` uses seed ``seed + i`` (when a seed is given)."""
+        ids = self.prompt_ids(messages)
+        results = []
+        with self.lock:
+            for i in range(n):
+                st = StreamState()
+                for _ in self.stream(
+                    ids,
+                    temperature=temperature,
+                    top_p=top_p,
+                    max_tokens=max_tokens,
+                    seed=None if seed is None else seed + i,
+                    stop=stop,
+                    state=st,
+                ):
+                    pass
+                results.append(Completion(st.text, st.completion_tokens, st.finish_reason, st.prompt_tokens))
+        return results
+
+    @torch.inference_mode()
+    def generate_batch(
+        self,
+        conversations: Sequence[Sequence[dict[str, str]]],
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> list[Completion]:
+        """Generate one completion per conversation with ``model.generate`` on a left-padded batch.
+
+        Args:
+            conversations: B conversations, each ending with a user turn.
+            temperature: 0 for greedy decoding.
+            top_p: nucleus mass for sampling.
+            max_tokens: at most this many new tokens per row.
+            seed: ``torch.manual_seed`` before generating (sampling only).
+            stop: strings that end a completion (cut after generation).
+
+        Returns:
+            B completions, cut at EOS and at the first stop string.
+        """
+        prompts = [self.prompt_ids(c) for c in conversations]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)  # (B, T)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, T)
+        for i, p in enumerate(prompts):
+            input_ids[i, width - len(p) :] = torch.tensor(p)
+            attention[i, width - len(p) :] = 1
+        kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": self.pad_id}
+        if temperature >= GREEDY_BELOW:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if seed is not None:
+            torch.manual_seed(seed)
+        with self.lock:
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
+            )
+        results = []
+        for i, p in enumerate(prompts):
+            new = out[i, width:].tolist()  # (T_new,)
+            finish, n_tokens = "length", len(new)
+            for j, t in enumerate(new):
+                if t in self.eos_ids:
+                    new, finish, n_tokens = new[:j], "stop", j + 1
+                    break
+            text = self._decode(new)
+            cut = [q for q in (text.find(s) for s in (stop or []) if s) if q >= 0]
+            if cut:
+                text, finish = text[: min(cut)], "stop"
+            results.append(Completion(text, n_tokens, finish, len(p)))
+        return results
+
+
+class GeneratorBackend:
+    """``ChatBackend`` over a local ``Generator`` (used to answer MT-Bench questions with a checkpoint)."""
+
+    def __init__(self, generator: Generator, name: str | None = None):
+        self.generator = generator
+        self.name = name or generator.model_id
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        n: int = 1,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> ChatResponse:
+        done = self.generator.complete(
+            messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, seed=seed, stop=stop
+        )
+        return ChatResponse(
+            texts=[c.text for c in done],
+            prompt_tokens=done[0].prompt_tokens if done else 0,
+            completion_tokens=sum(c.completion_tokens for c in done),
+            model=self.name,
+            finish_reasons=[c.finish_reason for c in done],
+        )
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a jsonl file; a bad line raises ``ValueError`` naming the file and line number."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def input_conversation(row: dict[str, Any], where: str) -> list[dict[str, str]]:
+    """The conversation to answer for one input row: its ``messages`` or ``[{"role": "user", "content": prompt}]``.
+
+    A trailing assistant turn (a chosen/reference answer in SFT-style rows) is dropped, so the model answers
+    the last user turn.
+
+    Raises:
+        ValueError: naming ``where`` (file:line) when the row has neither key or a malformed conversation.
+    """
+    from zephyr.data.chat_template import ConversationError, validate_messages
+
+    if "messages" in row:
+        msgs = list(row["messages"] or [])
+        while msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
+            msgs.pop()
+        try:
+            # validate_messages wants an assistant turn: check the conversation with a placeholder answer
+            validate_messages([*msgs, {"role": "assistant", "content": "x"}])
+        except ConversationError as e:
+            raise ValueError(f"{where}: {e}") from e
+        return [{"role": m["role"], "content": m["content"]} for m in msgs]
+    if isinstance(row.get("prompt"), str) and row["prompt"].strip():
+        return [{"role": "user", "content": row["prompt"]}]
+    raise ValueError(f"{where}: row needs a 'messages' list or a non-empty 'prompt' string")
+
+
+def row_id(row: dict[str, Any], index: int) -> str:
+    """A row's id: its ``id``, ``prompt_id`` or ``question_id`` field, else its 0-based line index."""
+    for key in ("id", "prompt_id", "question_id"):
+        if row.get(key) is not None:
+            return str(row[key])
+    return str(index)
+
+
+def generate_file(
+    generator: Generator,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_tokens: int = 256,
+    seed: int | None = 0,
+    stop: Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Answer every row of ``input_path`` into ``output_path`` (jsonl), resuming where a previous run stopped.
+
+    Output rows: ``{"id", "messages", "output", "model_id", "finish_reason", "completion_tokens", "tstamp"}``.
+    Rows whose id is already in the output are skipped; each batch is appended and flushed, so an
+    interrupted run loses at most one batch.
+
+    Returns:
+        ``{"total", "skipped", "generated"}`` row counts.
+    """
+    rows = read_jsonl(input_path)
+    todo: list[tuple[str, list[dict[str, str]]]] = []
+    seen_ids: set[str] = set()
+    for i, row in enumerate(rows):
+        rid = row_id(row, i)
+        if rid in seen_ids:
+            raise ValueError(f"{input_path}:{i + 1}: duplicate id {rid!r}")
+        seen_ids.add(rid)
+        todo.append((rid, input_conversation(row, f"{input_path}:{i + 1}")))
+    out = Path(output_path)
+    done: set[str] = set()
+    if out.exists():
+        done = {str(r.get("id")) for r in read_jsonl(out)}
+    pending = [t for t in todo if t[0] not in done]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from rich.progress import Progress
+
+    with open(out, "a", encoding="utf-8") as f, Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"generating ({generator.model_id})", total=len(pending))
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            answers = generator.generate_batch(
+                [c for _, c in chunk],
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=None if seed is None else seed + start,
+                stop=stop,
+            )
+            for (rid, conv), ans in zip(chunk, answers):
+                row = {
+                    "id": rid,
+                    "messages": conv,
+                    "output": ans.text,
+                    "model_id": generator.model_id,
+                    "finish_reason": ans.finish_reason,
+                    "completion_tokens": ans.completion_tokens,
+                    "tstamp": time.time(),
+                }
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            bar.advance(task, len(chunk))
+    return {"total": len(todo), "skipped": len(todo) - len(pending), "generated": len(pending)}
