@@ -195,7 +195,7 @@ class PreferenceRows:
     Attributes:
         source: the file path or dataset name (and split) the rows came from.
         rows: the valid rows, unchanged.
-        skipped: ``(row_index, reason)`` for each bad row skipped under ``on_bad_row="skip"``.
+        skipped: ``(row_number, reason)`` (1-based) for each bad row skipped under ``on_bad_row="skip"``.
     """
 
     source: str
@@ -259,7 +259,7 @@ def load_preference_rows(
     Raises:
         FileNotFoundError: a local path that does not exist (naming it).
         ConversationError: (a ValueError, reported as a one-line user error) ``"FILE: row N: reason"`` for a bad
-            row under ``on_bad_row="error"`` (N counts from 0), or a json/parquet file that cannot be read.
+            row under ``on_bad_row="error"`` (N counts from 1, the jsonl line), or an unreadable json/parquet file.
         ValueError: an unknown ``on_bad_row`` or file suffix.
     """
     if on_bad_row not in ("error", "skip"):
@@ -287,7 +287,7 @@ def load_preference_rows(
 
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[int, str]] = []
-    for index, row in enumerate(raw):
+    for index, row in enumerate(raw, 1):  # 1-based: the jsonl line number, as zephyr.data.io reports rows
         try:
             if isinstance(row, Exception):
                 raise row

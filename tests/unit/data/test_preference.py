@@ -231,7 +231,7 @@ def test_load_missing_file_names_path(tmp_path):
 def test_load_bad_row_error_names_file_and_row(tmp_path):
     rows = [make_row(), make_row(rejected="Blue."), make_row()]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(ValueError, match=r"bad\.jsonl: row 1: chosen and rejected completions are identical"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl: row 2: chosen and rejected completions are identical"):
         load_preference_rows(path)
 
 
@@ -240,8 +240,8 @@ def test_load_skip_counts_and_reports_every_bad_row(tmp_path):
     loaded = load_preference_rows(write_jsonl(tmp_path / "mixed.jsonl", rows), on_bad_row="skip")
     assert len(loaded) == 2 and loaded.num_skipped == 2
     assert loaded.skipped == [
-        (1, "chosen and rejected completions are identical"),
-        (2, "chosen and rejected prompts differ"),
+        (2, "chosen and rejected completions are identical"),
+        (3, "chosen and rejected prompts differ"),
     ]
 
 
@@ -252,10 +252,10 @@ def test_load_rows_arrow_cannot_unify_falls_back_to_per_row(tmp_path):
     path.write_text(
         json.dumps(make_row()) + "\n" + json.dumps(make_row(chosen=None) | {"chosen": "Blue."}) + "\n{oops\n"
     )
-    with pytest.raises(ValueError, match=r"types\.jsonl: row 1: chosen: 'messages' must be a non-empty list"):
+    with pytest.raises(ValueError, match=r"types\.jsonl: row 2: chosen: 'messages' must be a non-empty list"):
         load_preference_rows(path)
     loaded = load_preference_rows(path, on_bad_row="skip")
-    assert len(loaded) == 1 and [i for i, _ in loaded.skipped] == [1, 2]
+    assert len(loaded) == 1 and [i for i, _ in loaded.skipped] == [2, 3]
     assert loaded.skipped[1][1].startswith("invalid JSON")
 
 
