@@ -244,6 +244,47 @@ def sweep_markdown(df: pd.DataFrame, title: str = "Sweep") -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_figures(multirun_dir: str | os.PathLike, df: pd.DataFrame | None = None) -> dict[str, Figure]:
+    """All sweep figures by file name: ``<key>_sweep.png`` per swept key and ``loss_curves.png`` (when curves exist)."""
+    df = load_sweep(multirun_dir) if df is None else df
+    figs = {f"{key.replace('/', '_')}_sweep.png": plot_sweep(df, key) for key in swept_keys(df)}
+    curves = plot_loss_curves(multirun_dir, df, ("train/loss", "eval/loss"))
+    if curves is not None:
+        figs["loss_curves.png"] = curves
+    return figs
+
+
+def resolve_dir(env_var: str, default: str) -> Path:
+    """The directory named by ``$env_var``, else ``default`` under the working dir or its nearest parent having it.
+
+    Notebooks run from ``notebooks/``; this finds the repository's ``runs/...`` from there.
+
+    Raises:
+        FileNotFoundError: when neither exists.
+    """
+    if os.environ.get(env_var):
+        path = Path(os.environ[env_var])
+        if not path.is_dir():
+            raise FileNotFoundError(f"${env_var}={path}: no such directory")
+        return path
+    for base in [Path.cwd(), *Path.cwd().parents]:
+        if (base / default).is_dir():
+            return base / default
+    raise FileNotFoundError(f"set ${env_var} or create {default} (searched from {Path.cwd()} upwards)")
+
+
+def find_multirun() -> Path:
+    """``$ZEPHYR_MULTIRUN_DIR``, else the newest sweep under ``runs/multirun`` (found from the working dir up)."""
+    if os.environ.get("ZEPHYR_MULTIRUN_DIR"):
+        return resolve_dir("ZEPHYR_MULTIRUN_DIR", "runs/multirun")
+    return latest_multirun(resolve_dir("ZEPHYR_MULTIRUN_DIR", "runs/multirun"))
+
+
+def find_demo() -> Path:
+    """``$ZEPHYR_DEMO_DIR``, else ``runs/demo`` (found from the working dir up)."""
+    return resolve_dir("ZEPHYR_DEMO_DIR", "runs/demo")
+
+
 def write_sweep_report(multirun_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """Write ``<key>_sweep.png`` per swept key, ``loss_curves.png`` and ``report.md`` into ``out_dir``.
 
@@ -259,18 +300,10 @@ def write_sweep_report(multirun_dir: str | os.PathLike, out_dir: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     written = []
     md = [sweep_markdown(df, title=f"Sweep report: {Path(multirun_dir).name}")]
-    for key in swept_keys(df):
-        fig = plot_sweep(df, key)
-        path = out / f"{key.replace('/', '_')}_sweep.png"
-        fig.savefig(path, dpi=110)
-        written.append(path)
-        md.append(f"![{key}]({path.name})\n")
-    fig = plot_loss_curves(multirun_dir, df, ("train/loss", "eval/loss"))
-    if fig is not None:
-        path = out / "loss_curves.png"
-        fig.savefig(path, dpi=110)
-        written.append(path)
-        md.append(f"![loss curves]({path.name})\n")
+    for name, fig in sweep_figures(multirun_dir, df).items():
+        fig.savefig(out / name, dpi=110)
+        written.append(out / name)
+        md.append(f"![{name[:-4]}]({name})\n")
     (out / "report.md").write_text("\n".join(md))
     written.append(out / "report.md")
     return written

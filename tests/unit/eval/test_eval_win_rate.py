@@ -98,3 +98,56 @@ def test_load_answer_set_formats(tmp_path):
         load_answer_set(tmp_path / "bad.jsonl")
     with pytest.raises(ValueError, match="no instruction id in common"):
         win_rate(_set(["a"]), {"x": {"instruction": "i", "output": "o"}}, AlwaysA())
+
+
+def test_win_rate_cli_with_toy_judge(tmp_path, capsys):
+    from zephyr.cli import main
+
+    q = tmp_path / "q.jsonl"
+    rows = [
+        {
+            "question_id": 1,
+            "category": "math",
+            "turns": ["What is 2 + 3?", "x"],
+            "reference": ["The answer is 5.", "y"],
+        },
+        {
+            "question_id": 2,
+            "category": "math",
+            "turns": ["What is 4 + 4?", "x"],
+            "reference": ["The answer is 8.", "y"],
+        },
+    ]
+    q.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def answers(path, model, outs):
+        path.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "question_id": i + 1,
+                        "answer_id": "a",
+                        "model_id": model,
+                        "choices": [{"index": 0, "turns": [o, ""]}],
+                    }
+                )
+                + "\n"
+                for i, o in enumerate(outs)
+            )
+        )
+        return path
+
+    a = answers(tmp_path / "a.jsonl", "good", ["The answer is 5.", "The answer is 8."])
+    b = answers(tmp_path / "b.jsonl", "bad", ["The answer is 6.", "The answer is 8."])
+    out = tmp_path / "wr"
+    assert (
+        main(
+            ["eval", "win-rate", "--answers-a", str(a), "--answers-b", str(b), "--questions", str(q), "--out", str(out)]
+        )
+        == 0
+    )
+    res = json.loads((out / "win_rate.json").read_text())
+    assert (res["wins"], res["losses"], res["ties"], res["win_rate"]) == (1, 0, 1, 0.75)
+    assert res["judge"] == "toy-verifier-judge" and res["model_a"] == "a"
+    assert "| a | b | 2 | 1 | 0 | 1 | 0 | 75.0% |" in (out / "win_rate.md").read_text()
+    assert len((out / "win_rate_judgments.jsonl").read_text().splitlines()) == 2
