@@ -103,6 +103,8 @@ def build_callbacks(cfg: DictConfig, out: Path) -> tuple[list[pl.Callback], Metr
             continue
         if "_target_" not in cb_cfg:
             raise ConfigError(f"callbacks.{name} has no _target_")
+        if "ProgressBar" in str(cb_cfg["_target_"]) and not cfg.trainer.get("enable_progress_bar", True):
+            continue
         callbacks.append(instantiate(cb_cfg))
     metrics_cb = MetricsFileCallback(str(out))
     callbacks.append(metrics_cb)
