@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,46 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
+
+
+def secret_values(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """Values of secret-looking keys given in the config or on the command line (to scrub them from dumps)."""
+    values = []
+    for o in overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        if SECRET_KEY.search(key) and value:
+            values.append(value)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if SECRET_KEY.search(str(k)) and isinstance(v, str) and v:
+                    values.append(v)
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(OmegaConf.to_container(cfg, resolve=False))
+    return sorted(set(values), key=len, reverse=True)
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    for value in secrets:
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def scrub_run_files(out: Path, secrets: list[str]) -> None:
+    """Rewrite Hydra's saved config/overrides (and argv, which W&B records) without secret values."""
+    if not secrets:
+        return
+    for f in (out / ".hydra").glob("*.yaml"):
+        text = f.read_text()
+        if any(v in text for v in secrets):
+            atomic_write_text(f, scrub(text, secrets))
+    sys.argv[:] = [scrub(a, secrets) for a in sys.argv]
 
 
 def check_required(cfg: DictConfig) -> None:
@@ -125,17 +166,20 @@ def build_loggers(cfg: DictConfig, out: Path, flat_cfg: dict[str, Any]) -> list[
     return [logger]
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], out: Path) -> pl.Trainer:
+def build_trainer(
+    cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], out: Path, datamodule: Any = None
+) -> pl.Trainer:
+    """``pl.Trainer`` for ``hardware`` x ``strategy`` (built by :mod:`zephyr.scale`; ranks split the batches)."""
+    from zephyr.scale import ScaleConfigError
+    from zephyr.scale.launch import trainer_arguments
+
     hw = cfg.hardware
-    strategy: Any = "auto"
-    if cfg.get("strategy") is not None and cfg.strategy.get("_target_"):
-        strategy = instantiate(cfg.strategy)
-    elif cfg.get("strategy") is not None and cfg.strategy.get("name"):
-        strategy = cfg.strategy.name
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    kwargs.pop("_target_", None)
+    try:
+        strategy, kwargs = trainer_arguments(cfg, datamodule)
+    except ScaleConfigError as e:
+        raise ConfigError(str(e)) from e
     plugins = []
-    if isinstance(strategy, str) and "deepspeed" not in strategy:
+    if strategy == "auto" or type(strategy).__name__ == "DDPStrategy":  # sharded strategies save their own way
         plugins.append(AtomicCheckpointIO())
     return pl.Trainer(
         accelerator=hw.accelerator,
@@ -149,6 +193,19 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
         plugins=plugins or None,
         **kwargs,
     )
+
+
+def prepare_scale(cfg: DictConfig) -> None:
+    """Check strategy x hardware, derive accumulation, print the memory estimate (rank 0); before any model."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from zephyr.scale import ScaleConfigError
+    from zephyr.scale.launch import prepare
+
+    try:
+        prepare(cfg, print_memory=rank_zero_only.rank == 0)
+    except ScaleConfigError as e:
+        raise ConfigError(str(e)) from e
 
 
 def _final_metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -173,7 +230,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out = resolve_output_dir(cfg)
     check_model_path(cfg)
     ckpt_path = resolve_ckpt_path(cfg, out)
+    prepare_scale(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    secrets = secret_values(cfg, _overrides())
+    scrub_run_files(out, secrets)
     container = OmegaConf.to_container(cfg, resolve=True)
     flat_cfg = redact(container)
     atomic_write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(flat_cfg)))
@@ -182,7 +242,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     torch.set_float32_matmul_precision(cfg.hardware.get("matmul_precision", "highest"))
     tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("path"))
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
-    model = instantiate(cfg.model, _convert_="all")
+    from zephyr.scale.launch import apply_kernel_options, compile_model
+
+    apply_kernel_options(cfg)
+    model = compile_model(instantiate(cfg.model, _convert_="all"), cfg)
     module = instantiate(cfg.objective, model=model, _convert_="all")
     if hasattr(module, "attach"):
         module.attach(cfg=cfg, datamodule=datamodule, tokenizer=tokenizer, output_dir=out)
@@ -190,7 +253,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = build_loggers(cfg, out, flat_cfg)
     metrics: dict[str, float] = {}
     try:
-        trainer = build_trainer(cfg, callbacks, loggers, out)
+        trainer = build_trainer(cfg, callbacks, loggers, out, datamodule)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update(_final_metrics(trainer))
         if cfg.get("final_eval", True) and datamodule.eval_items:
@@ -198,14 +261,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 metrics[k] = float(v)
         metrics["global_step"] = float(trainer.global_step)
         metrics["runtime_s"] = time.perf_counter() - started
-        if cfg.get("export", True) and trainer.is_global_zero:
+        if cfg.get("export", True):
             from zephyr.models.export import export_hf
+            from zephyr.scale.launch import model_to_export
 
-            target = export_hf(
-                module.model, tokenizer, out / "model", dtype=cfg.get("export_dtype"),
-                metadata={"metrics": metrics, "overrides": _overrides()},
-            )
-            log.info("exported the model to %s", target)
+            export_model = model_to_export(trainer, module.model)  # every rank: sharded weights are gathered
+            if trainer.is_global_zero:
+                target = export_hf(
+                    export_model, tokenizer, out / "model", dtype=cfg.get("export_dtype"),
+                    metadata={"metrics": metrics, "overrides": [scrub(o, secrets) for o in _overrides()]},
+                )
+                log.info("exported the model to %s", target)
         if trainer.is_global_zero:
             metrics_cb.write(metrics)
         for lg in loggers:

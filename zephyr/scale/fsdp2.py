@@ -1,0 +1,54 @@
+"""FSDP2 ``fully_shard`` for Lightning's ``ModelParallelStrategy`` (``strategy=fsdp`` on CPU, or ``fsdp2``).
+
+Lightning refuses its FSDP strategy on CPU, but PyTorch's FSDP2 runs there: ``ModelParallelStrategy`` builds a
+data-parallel device mesh and calls the module's ``configure_model``, where each decoder layer and then the
+whole model are wrapped with ``fully_shard`` (the layout torchtitan uses). Parameters become ``DTensor`` shards;
+a layer's full weights exist only while it runs. The optimizer is created afterwards, on the shards.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of a Hugging Face causal LM (``model.model.layers`` for Mistral/Llama)."""
+    base = getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise TypeError(f"{type(model).__name__} has no .model.layers; cannot apply FSDP2 per decoder layer")
+    return list(layers)
+
+
+def is_fully_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``fully_shard`` was already applied to ``model``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def apply_fully_shard(model: torch.nn.Module, mesh, *, bf16_compute: bool = False) -> torch.nn.Module:
+    """Shard ``model`` in place: one FSDP2 unit per decoder layer, then the root (embeddings, norm, head).
+
+    Args:
+        model: the Hugging Face causal LM.
+        mesh: the data-parallel ``DeviceMesh`` (``LightningModule.device_mesh``; its ``data_parallel`` dim when 2-D).
+        bf16_compute: gather and compute in bf16 with fp32 reductions (``MixedPrecisionPolicy``); leave False
+            when Lightning's ``bf16-mixed`` autocast already handles it.
+
+    Returns:
+        ``model`` (now an ``FSDPModule``); a model already sharded is returned unchanged.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if is_fully_sharded(model):
+        return model
+    if mesh is not None and mesh.ndim > 1:
+        mesh = mesh["data_parallel"]
+    kwargs = {"mesh": mesh}
+    if bf16_compute:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in decoder_layers(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model

@@ -1,0 +1,293 @@
+"""Per-device memory estimate (parameters + gradients + optimizer states + rough activations) per strategy.
+
+Printed as a rich table before launch so a user knows whether a run fits *before* it allocates anything, and
+runnable alone: ``python -m zephyr.scale.memory +experiment=zephyr_7b_sft hardware=a100x16``.
+
+Model states follow the ZeRO paper's accounting (Rajbhandari et al. 2020, arXiv 1910.02054, §3), with
+``P`` parameters and ``N`` ranks:
+
+- DeepSpeed mixed precision: 16-bit parameters (2 B), 16-bit gradients (2 B), fp32 master weights + Adam
+  momentum + variance (12 B). Stage 2 shards gradients and optimizer states (``2P + 14P/N``), stage 3 shards
+  everything (``16P/N``), offload moves the parameter and optimizer shards to host RAM.
+- torch AdamW under Lightning (``auto``, ``ddp``, ``fsdp``): parameters, gradients and two Adam states all in
+  the weight dtype ``model.dtype`` (``w`` bytes each: ``4wP``; fp32 master weights with ``bf16-mixed`` give
+  16 B/param, bf16 weights 8 B/param). FSDP ``FULL_SHARD`` divides all of it by ``N``; DDP divides nothing.
+
+Activations are a rough upper guide for one micro-batch of ``b`` rows x ``s`` tokens with hidden ``h`` and ``L``
+layers, using the per-layer ``34·s·b·h`` bytes (16-bit) of Korthikanti et al. 2022 (arXiv 2205.05198, §4.1)
+without the attention-score term (FlashAttention / SDPA never store it). Gradient checkpointing keeps only each
+layer's input (``2·s·b·h`` per layer) plus one layer being recomputed. The loss adds fp32 logits: the whole
+``b·s·V`` block, or one ``chunk x V`` block with ``objective.chunked_loss``. DPO doubles the rows (chosen and
+rejected go through together) and a live reference model adds its unsharded weights. Framework overhead
+(CUDA context ~0.5-1 GB, allocator fragmentation, communication buckets) is not included: keep ~10 % headroom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+GB = 1e9
+STRATEGY_ROWS = ("auto", "ddp", "fsdp", "deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_3_offload")
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
+
+
+def count_parameters(model_config: dict[str, Any]) -> int:
+    """Parameters of a Mistral/Llama-style decoder from its config (no weights needed).
+
+    Embeddings ``V·h``; per layer q and o ``h·(heads·d)``, k and v ``h·(kv_heads·d)`` with ``d = h / heads``
+    (or ``head_dim``), SwiGLU gate/up/down ``3·h·I``, two RMSNorms ``2h``; a final norm ``h``; the LM head ``V·h``
+    unless tied. Mistral-7B-v0.1 gives 7,241,732,096.
+
+    Args:
+        model_config: ``MistralConfig`` fields (``vocab_size``, ``hidden_size``, ``intermediate_size``,
+            ``num_hidden_layers``, ``num_attention_heads``, ``num_key_value_heads``, ``tie_word_embeddings``).
+    """
+    c = model_config
+    h, v, inter, layers = (
+        int(c["hidden_size"]),
+        int(c["vocab_size"]),
+        int(c["intermediate_size"]),
+        int(c["num_hidden_layers"]),
+    )
+    heads = int(c["num_attention_heads"])
+    kv = int(c.get("num_key_value_heads") or heads)
+    d = int(c.get("head_dim") or h // heads)
+    per_layer = 2 * h * heads * d + 2 * h * kv * d + 3 * h * inter + 2 * h
+    head = 0 if c.get("tie_word_embeddings", False) else v * h
+    return v * h + layers * per_layer + h + head
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per device (GPU) and per rank in host RAM for one strategy.
+
+    Attributes:
+        strategy: the ``conf/strategy`` option.
+        params: parameter bytes resident on the device.
+        grads: gradient bytes on the device.
+        optimizer: optimizer-state bytes on the device (fp32 master weights included for DeepSpeed).
+        activations: rough activation + loss bytes for one micro-batch.
+        host: bytes offloaded to host RAM per rank (0 without offload).
+    """
+
+    strategy: str
+    params: float
+    grads: float
+    optimizer: float
+    activations: float
+    host: float = 0.0
+
+    @property
+    def total(self) -> float:
+        """Device bytes: states + activations."""
+        return self.params + self.grads + self.optimizer + self.activations
+
+
+def activation_bytes(
+    *,
+    micro_batch_size: int,
+    seq_len: int,
+    hidden_size: int,
+    num_layers: int,
+    vocab_size: int,
+    act_bytes: int = 2,
+    gradient_checkpointing: bool = True,
+    chunked_loss: bool = True,
+    loss_chunk_size: int = 1024,
+) -> float:
+    """Rough activation bytes of one micro-batch (see the module docstring for the formula and its source)."""
+    sbh = micro_batch_size * seq_len * hidden_size
+    scale = act_bytes / 2  # the 34 sbh figure is for 16-bit activations
+    if gradient_checkpointing:
+        layers = num_layers * 2 * sbh * scale + 34 * sbh * scale
+    else:
+        layers = num_layers * 34 * sbh * scale
+    rows = loss_chunk_size if chunked_loss else micro_batch_size * seq_len
+    loss = rows * vocab_size * 4 * 2  # fp32 logits and their gradient
+    return layers + loss
+
+
+def estimate(
+    strategy: str,
+    *,
+    n_params: int,
+    world_size: int,
+    weight_bytes: int,
+    activations: float,
+    reference_bytes: float = 0.0,
+    fsdp_full_shard: bool = True,
+    precision: str = "bf16-mixed",
+    layer_params: int = 0,
+) -> MemoryEstimate:
+    """Per-device memory of one strategy.
+
+    Args:
+        strategy: one of :data:`STRATEGY_ROWS`.
+        n_params: trainable parameters ``P``.
+        world_size: ranks ``N``.
+        weight_bytes: bytes per weight of ``model.dtype`` (Lightning strategies keep it for grads and Adam).
+        activations: from :func:`activation_bytes`.
+        reference_bytes: an unsharded frozen reference model on every device (DPO live mode).
+        fsdp_full_shard: ``FULL_SHARD`` (else ``SHARD_GRAD_OP``: parameters replicated).
+        precision: ``hardware.precision`` (DeepSpeed uses 16-bit weights unless ``32``).
+        layer_params: parameters of one decoder layer (the working set gathered under parameter offload).
+
+    Raises:
+        ValueError: unknown ``strategy``.
+    """
+    p, n = float(n_params), max(int(world_size), 1)
+    if strategy in ("auto", "ddp", "fsdp"):
+        w = float(weight_bytes)
+        shard = n if strategy == "fsdp" else 1
+        params = p * w / (shard if fsdp_full_shard else 1)
+        return MemoryEstimate(strategy, params, p * w / shard, 2 * p * w / shard, activations + reference_bytes)
+    if not strategy.startswith("deepspeed_stage_"):
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGY_ROWS}")
+    half = 4.0 if precision.startswith("32") else 2.0
+    opt = 12.0 if half == 2.0 else 8.0  # fp32 master copy only exists with 16-bit training weights
+    acts = activations + reference_bytes
+    if strategy == "deepspeed_stage_2":
+        return MemoryEstimate(strategy, p * half, p * half / n, p * opt / n, acts)
+    if strategy == "deepspeed_stage_3":
+        return MemoryEstimate(strategy, p * half / n, p * half / n, p * opt / n, acts)
+    if strategy == "deepspeed_stage_3_offload":
+        working = 2 * layer_params * half  # about two gathered decoder layers (current + prefetched)
+        return MemoryEstimate(strategy, working, 0.0, 0.0, acts, host=p * (2 * half + opt) / n)
+    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGY_ROWS}")
+
+
+def estimates_for_config(cfg: DictConfig) -> tuple[list[MemoryEstimate], dict[str, Any]]:
+    """An estimate for every strategy under ``cfg``'s model, data, objective and hardware.
+
+    Returns:
+        ``(rows, facts)``: one :class:`MemoryEstimate` per :data:`STRATEGY_ROWS` entry, and the inputs used
+        (``n_params``, ``world_size``, ``micro_batch_size``, ``seq_len``, ``objective``...).
+    """
+    from zephyr.scale.strategies import world_size
+
+    mcfg = OmegaConf.to_container(cfg.model.config, resolve=True)
+    n_params = count_parameters(mcfg)
+    h, layers, heads = int(mcfg["hidden_size"]), int(mcfg["num_hidden_layers"]), int(mcfg["num_attention_heads"])
+    kv = int(mcfg.get("num_key_value_heads") or heads)
+    d = h // heads
+    layer_params = 2 * h * heads * d + 2 * h * kv * d + 3 * h * int(mcfg["intermediate_size"]) + 2 * h
+    w = DTYPE_BYTES.get(str(cfg.model.get("dtype", "float32")), 4)
+    precision = str(cfg.hardware.get("precision", "32-true"))
+    act_bytes = 2 if (precision.startswith(("bf16", "16")) or w == 2) else 4
+    objective = str(cfg.objective.get("_target_", "")).rsplit(".", 1)[-1]
+    is_dpo = "DPO" in objective
+    rows = int(cfg.data.batch_size) * (2 if is_dpo else 1)
+    seq = int(cfg.data.get("max_length", 2048))
+    chunked = bool(cfg.objective.get("chunked_loss", True))
+    acts = activation_bytes(
+        micro_batch_size=rows,
+        seq_len=seq,
+        hidden_size=h,
+        num_layers=layers,
+        vocab_size=int(mcfg["vocab_size"]),
+        act_bytes=act_bytes,
+        gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
+        chunked_loss=chunked,
+        loss_chunk_size=int(cfg.objective.get("loss_chunk_size", 1024)),
+    )
+    ref_mode = str((cfg.objective.get("reference") or {}).get("mode", "cache")) if is_dpo else "none"
+    reference = n_params * w if ref_mode == "live" else 0.0
+    n = world_size(cfg.hardware)
+    full_shard = (
+        str(cfg.strategy.get("sharding_strategy", "FULL_SHARD")) == "FULL_SHARD"
+        if cfg.strategy.get("name") == "fsdp"
+        else True
+    )
+    out = [
+        estimate(
+            s,
+            n_params=n_params,
+            world_size=n,
+            weight_bytes=w,
+            activations=acts,
+            reference_bytes=reference,
+            fsdp_full_shard=full_shard,
+            precision=precision,
+            layer_params=layer_params,
+        )
+        for s in STRATEGY_ROWS
+    ]
+    facts = {
+        "n_params": n_params,
+        "world_size": n,
+        "micro_batch_size": rows,
+        "seq_len": seq,
+        "objective": objective,
+        "weight_bytes": w,
+        "gradient_checkpointing": bool(cfg.model.get("gradient_checkpointing", False)),
+        "device_memory_gb": cfg.hardware.get("device_memory_gb"),
+        "reference": ref_mode,
+    }
+    return out, facts
+
+
+def render_table(rows: list[MemoryEstimate], facts: dict[str, Any], selected: str | None = None):
+    """A ``rich.table.Table`` of the estimates (GB = 1e9 bytes); ``selected`` marks the configured strategy."""
+    from rich.table import Table
+
+    cap = facts.get("device_memory_gb")
+    title = (
+        f"Per-device memory estimate: {facts['n_params'] / 1e9:.2f} B params, {facts['world_size']} device(s), "
+        f"micro-batch {facts['micro_batch_size']} x {facts['seq_len']} tokens"
+        + (f", {cap} GB per device" if cap else "")
+    )
+    table = Table(title=title)
+    for col in ("strategy", "params", "grads", "optimizer", "activations", "total / device", "host RAM / rank"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    if cap:
+        table.add_column("fits", justify="center")
+    for r in rows:
+        name = f"{r.strategy} *" if r.strategy == selected else r.strategy
+        cells = [name] + [f"{x / GB:.2f}" for x in (r.params, r.grads, r.optimizer, r.activations, r.total, r.host)]
+        if cap:
+            cells.append("yes" if r.total <= 0.9 * float(cap) * GB else "no")
+        table.add_row(*cells)
+    return table
+
+
+def selected_row(cfg: DictConfig) -> str:
+    """The :data:`STRATEGY_ROWS` entry of the configured strategy."""
+    s = cfg.strategy
+    name = str(s.get("name", "auto"))
+    if name != "deepspeed":
+        return name
+    stage = int(s.get("stage", 3))
+    offload = str(s.get("offload_param", "none")) != "none" or str(s.get("offload_optimizer", "none")) != "none"
+    return f"deepspeed_stage_{stage}" + ("_offload" if offload and stage == 3 else "")
+
+
+def print_memory_estimate(cfg: DictConfig, console=None) -> list[MemoryEstimate]:
+    """Print the table for ``cfg`` (the configured strategy starred) and return its rows."""
+    from rich.console import Console
+
+    rows, facts = estimates_for_config(cfg)
+    (console or Console(stderr=True, width=132)).print(render_table(rows, facts, selected=selected_row(cfg)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m zephyr.scale.memory [hydra overrides]``: print the table for a composed train config."""
+    import sys
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=list(sys.argv[1:] if argv is None else argv))
+    from rich.console import Console
+
+    print_memory_estimate(cfg, Console(width=132))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
