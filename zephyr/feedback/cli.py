@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "workers": 4,
     "progress": True,
+    "fsync_interval": 0.0,
     "teacher": {"type": "toy_teacher"},
     "user_sim": {"type": "toy_user"},
     "pool": {"type": "toy_pool", "seed": 0},
@@ -155,6 +156,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
         user_gen=_plain(s.user_gen),
         test_size=s.test_size,
         progress=cfg.progress,
+        fsync_interval=cfg.fsync_interval,
     )
     summary = generate_dialogues(instructions, teacher, out, user_sim=user_sim, cfg=dcfg)
     summary["instruction_report"] = ireport
@@ -196,6 +198,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         judge_gen=_plain(f.judge_gen),
         critique_gen=_plain(f.critique_gen),
         progress=cfg.progress,
+        fsync_interval=cfg.fsync_interval,
     )
     summary = collect_feedback(prompts, pool, judge, out, fcfg)
     print(json.dumps(summary, indent=2))

@@ -57,6 +57,7 @@ class FeedbackConfig:
     judge_gen: dict[str, Any] | None = None
     critique_gen: dict[str, Any] | None = None
     progress: bool = True
+    fsync_interval: float = 0.0
 
 
 def load_prompts(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -240,7 +241,7 @@ def collect_feedback(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     names = [m.name for m in pool]
-    with ResultStore(out / "completions.jsonl", redact=redact) as cstore:
+    with ResultStore(out / "completions.jsonl", redact=redact, fsync_interval=cfg.fsync_interval) as cstore:
         if cstore.torn_lines:
             print(f"{cstore.path}: ignored {cstore.torn_lines} torn line(s) from an interrupted run")
         s1 = run_jobs(
@@ -252,7 +253,7 @@ def collect_feedback(
         )
         completions = {k: v for k, v in cstore.items()}
         completion_failures = sorted(f"{k[0]}/{k[1]}" for k in cstore.failures)
-    with ResultStore(out / "judgements.jsonl", redact=redact) as jstore:
+    with ResultStore(out / "judgements.jsonl", redact=redact, fsync_interval=cfg.fsync_interval) as jstore:
         if jstore.torn_lines:
             print(f"{jstore.path}: ignored {jstore.torn_lines} torn line(s) from an interrupted run")
         jobs, blocked = [], 0

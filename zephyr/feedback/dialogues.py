@@ -73,6 +73,7 @@ class DialogueConfig:
     user_gen: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.9, "top_p": 1.0, "max_tokens": 256})
     test_size: float = 0.1
     progress: bool = True
+    fsync_interval: float = 0.0
 
 
 def prompt_id_of(text: str) -> str:
@@ -174,7 +175,7 @@ def generate_dialogues(
     for ins in instructions:
         order.setdefault(prompt_id_of(ins), ins)
     t0 = time.perf_counter()
-    with ResultStore(out / "dialogues.jsonl", redact=redact) as store:
+    with ResultStore(out / "dialogues.jsonl", redact=redact, fsync_interval=cfg.fsync_interval) as store:
         if store.torn_lines:
             print(f"{store.path}: ignored {store.torn_lines} torn line(s) from an interrupted run")
         jobs = []

@@ -118,3 +118,30 @@ def test_bootstrap_grows_pool_and_shows_at_most_two_machine_items():
         assert sum(not x.startswith("Seed task") for x in items) <= 2
     # later prompts include machine-written instructions (bootstrapping)
     assert any("Explain how" in p for p in teacher.prompts[2:])
+
+
+def test_collect_instructions_self_instruct_resumes_from_its_store(tmp_path):
+    from zephyr.feedback.selfinstruct import collect_instructions
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(f'{{"instruction": "Seed task number {i} about something useful."}}\n' for i in range(9)))
+    spec = {"source": "self_instruct", "seed_tasks": str(seeds), "n": 4, "filter": {"rouge_threshold": 0.95}}
+    teacher = ListTeacher()
+    first, report = collect_instructions(spec, teacher, tmp_path, workers=1)
+    assert len(first) == 4 and report["generated"] == 4 and report["seeds"] == 9
+    calls = len(teacher.prompts)
+    again, report = collect_instructions(spec, teacher, tmp_path, workers=1)
+    assert again == first and report["resumed"] == 4 and len(teacher.prompts) == calls  # nothing asked again
+    more, _ = collect_instructions({**spec, "n": 6}, teacher, tmp_path, workers=1)
+    assert more[:4] == first and len(more) == 6
+
+
+def test_collect_instructions_toy_source_and_bad_source(tmp_path):
+    from zephyr.feedback.selfinstruct import collect_instructions
+
+    got, report = collect_instructions({"source": "toy_tasks", "n": 30, "seed": 0, "filter": None}, None, tmp_path)
+    assert len(got) + report["duplicates"] == 30 and len(set(got)) == len(got)
+    with pytest.raises(ValueError, match="unknown source 'web'"):
+        collect_instructions({"source": "web"}, None, tmp_path)
+    with pytest.raises(ValueError, match="unknown keys"):
+        collect_instructions({"source": "toy_tasks", "filter": {"min_word": 2}}, None, tmp_path)

@@ -131,3 +131,13 @@ def test_write_jsonl_roundtrip_and_bad_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"a": 1}\nnot json\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
         read_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_rows_are_flushed_at_once_even_with_fsync_interval(tmp_path):
+    path = tmp_path / "s.jsonl"
+    s = ResultStore(path, fsync_interval=3600)
+    s.put(("a",), 1)
+    s.put(("b",), 2)
+    # another reader (a restarted process after kill -9) sees both rows before any close or fsync
+    assert [json.loads(x)["key"] for x in path.read_text().splitlines()] == [["a"], ["b"]]
+    s.close()
