@@ -1,0 +1,217 @@
+"""dDPO step benchmark: zephyr's DPOModule under a Lightning Trainer vs ``trl.DPOTrainer``, same pairs.
+
+Both sides train on the same toy-world pairs (:func:`bench.common.preference_rows`: prompt ~115 tokens,
+completions ~100, as in the environment note's TRL measurement), fp32, AdamW at a constant learning rate, beta
+0.1, sigmoid loss, no activation checkpointing, no logging, saving or eval.
+
+TRL keeps a live reference model (a second copy of the initial weights) and runs it on every step, as the
+handbook does. Zephyr's default is the reference log-prob cache: one no-grad pass over the data before
+training (:meth:`zephyr.modules.dpo.DPOModule.prepare_reference`). That pass is timed and charged to the
+measured steps pro rata (``ref_fill_s × measured pairs / all pairs``), so ``tokens_per_s`` is the cost of a
+single run including its reference; ``cached_tokens_per_s`` is the rate once the cache is warm (every later run
+and sweep point on the same data and weights).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    LEARNING_RATE,
+    SEED,
+    StepClock,
+    TokenQueue,
+    build_policy,
+    pair_tokens,
+    peak_rss_mb,
+    preference_rows,
+    setup_process,
+    trl_preference_row,
+)
+
+PROMPT_TOKENS, COMPLETION_TOKENS = 115, 100
+
+
+def num_pairs(p: dict[str, Any]) -> int:
+    """Exactly one epoch of pairs for the run: ``(warmup + steps) × batch_size``."""
+    return (p["warmup"] + p["steps"]) * p["batch_size"]
+
+
+def write_pairs(tok, p: dict[str, Any], folder: Path) -> Path:
+    """Write the benchmark pairs as jsonl (the zephyr side reads them through its real data module)."""
+    rows = preference_rows(tok, num_pairs(p), SEED, PROMPT_TOKENS, COMPLETION_TOKENS)
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def zephyr_dpo_fit(tok, p: dict[str, Any], data_path: Path, cache_dir: Path, *, beta: float, clock: StepClock | None):
+    """Build the data module, the policy and a DPOModule, fill or load the reference cache, fit; return fill time."""
+    from functools import partial
+
+    import pytorch_lightning as pl
+    import torch
+
+    from zephyr.data.preference_module import PreferenceDataModule
+    from zephyr.modules.dpo import DPOModule
+    from zephyr.modules.reference import state_dict_fingerprint
+
+    dm = PreferenceDataModule(
+        tok,
+        path=str(data_path),
+        batch_size=p["batch_size"],
+        max_length=p["max_length"],
+        max_prompt_length=p["max_length"] // 2,
+        seed=SEED,
+    )
+    dm.setup("fit")
+    model = build_policy(p["model_config"])
+    module = DPOModule(
+        model,
+        partial(torch.optim.AdamW, lr=LEARNING_RATE, weight_decay=0.0),
+        {"name": "constant", "warmup_ratio": 0.0},
+        beta=beta,
+        loss_type="sigmoid",
+        reference={"mode": p.get("reference", "cache"), "cache_dir": str(cache_dir), "batch_size": 16},
+        chunked_loss=p.get("chunked_loss", True),
+    )
+    module.configure_reference(
+        load_model=lambda: build_policy(p["model_config"]),
+        weights_fingerprint=state_dict_fingerprint(model),
+        tokenizer=tok,
+        datamodule=dm,
+        cache_dir=str(cache_dir),
+    )
+    started = time.perf_counter()
+    module.prepare_reference()  # cache mode: fills (or loads) the table; live mode: builds the frozen copy
+    fill_s = time.perf_counter() - started
+
+    class Clock(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            if clock is not None:
+                clock.start()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if clock is not None:
+                clock.step_end(int(batch["num_tokens"]))
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=p["warmup"] + p["steps"],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[Clock()],
+    )
+    trainer.fit(module, datamodule=dm)
+    return fill_s
+
+
+def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
+    """Time ``steps`` DPO optimizer steps (after ``warmup``) of zephyr's DPOModule."""
+    setup_process(p["threads"])
+    import tempfile
+
+    from zephyr.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    clock = StepClock()
+    with tempfile.TemporaryDirectory(prefix="zephyr-bench-dpo-") as tmp:
+        data = write_pairs(tok, p, Path(tmp))
+        fill_s = zephyr_dpo_fit(tok, p, data, Path(tmp) / "ref_cache", beta=0.1, clock=clock)
+    s = clock.summary(p["warmup"])
+    measured_time = sum(s["step_s"])
+    tokens = s["tokens_per_step"] * s["steps"]
+    fill_share = fill_s * s["steps"] / (p["warmup"] + p["steps"]) if p.get("reference", "cache") == "cache" else 0.0
+    return {
+        **s,
+        "cached_tokens_per_s": s["tokens_per_s"],
+        "tokens_per_s": tokens / (measured_time + fill_share),
+        "ref_fill_s": fill_s,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def trl_dpo_train(tok, p: dict[str, Any], rows: list[dict[str, Any]], *, beta: float, clock: StepClock | None):
+    """One ``trl.DPOTrainer`` run of ``warmup + steps`` steps with a live reference copy."""
+    import tempfile
+
+    import datasets
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    queue = TokenQueue()
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if clock is not None:
+                clock.start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            n = queue.pop()
+            if clock is not None:
+                clock.step_end(n)
+
+    ds = datasets.Dataset.from_list([trl_preference_row(r) for r in rows])
+    model = build_policy(p["model_config"])
+    ref = build_policy(p["model_config"])  # the reference: a second copy of the same initial weights
+    with tempfile.TemporaryDirectory(prefix="zephyr-bench-trl-") as out:
+        cfg = DPOConfig(
+            output_dir=out,
+            max_steps=p["warmup"] + p["steps"],
+            per_device_train_batch_size=p["batch_size"],
+            gradient_accumulation_steps=1,
+            max_length=p["max_length"],
+            beta=beta,
+            loss_type=["sigmoid"],
+            learning_rate=LEARNING_RATE,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            bf16=False,
+            fp16=False,
+            activation_checkpointing=False,
+            use_cpu=True,
+            seed=SEED,
+            logging_strategy="no",
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,
+        )
+        trainer = DPOTrainer(
+            model=model, ref_model=ref, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()]
+        )
+        collate = trainer.data_collator
+
+        def counting_collator(batch):
+            queue.push(sum(2 * len(ex["prompt_ids"]) + len(ex["chosen_ids"]) + len(ex["rejected_ids"]) for ex in batch))
+            return collate(batch)
+
+        trainer.data_collator = counting_collator
+        trainer.train()
+
+
+def run_trl(p: dict[str, Any]) -> dict[str, Any]:
+    """Time ``steps`` DPO steps (after ``warmup``) of ``trl.DPOTrainer``."""
+    setup_process(p["threads"])
+    from zephyr.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    rows = preference_rows(tok, num_pairs(p), SEED, PROMPT_TOKENS, COMPLETION_TOKENS)
+    clock = StepClock()
+    trl_dpo_train(tok, p, rows, beta=0.1, clock=clock)
+    return {**clock.summary(p["warmup"]), "peak_rss_mb": peak_rss_mb()}
+
+
+__all__ = ["num_pairs", "pair_tokens", "run_trl", "run_zephyr", "trl_dpo_train", "write_pairs", "zephyr_dpo_fit"]

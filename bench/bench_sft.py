@@ -1,0 +1,146 @@
+"""dSFT step benchmark: zephyr's SFTModule under a Lightning Trainer vs ``trl.SFTTrainer``, same packed data.
+
+Both sides get the same tokenized toy-world dialogues (assistant-only labels, ``zephyr.data.sft``) and pack
+them into rows of ``max_length`` tokens, each with its own best-fit packer (zephyr ``pack_best_fit``, TRL
+``packing_strategy="bfd"``), padding-free with position ids restarting per conversation. fp32 weights, AdamW,
+constant learning rate, no activation checkpointing, no logging, saving or eval on either side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.common import LEARNING_RATE, SEED, StepClock, TokenQueue, build_policy, peak_rss_mb, setup_process
+
+
+def _num_dialogues(p: dict[str, Any]) -> int:
+    # toy dialogues average ~90 tokens: enough for every step's packed rows with a margin
+    return max(64, int(p["batch_size"] * p["max_length"] * (p["warmup"] + p["steps"]) / 70) + 32)
+
+
+def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
+    """Train ``warmup + steps`` optimizer steps with :class:`zephyr.modules.sft.SFTModule` and time them."""
+    setup_process(p["threads"])
+    from functools import partial
+
+    import pytorch_lightning as pl
+    import torch
+
+    from zephyr.data.module import SFTDataModule
+    from zephyr.modules.sft import SFTModule
+    from zephyr.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    dm = SFTDataModule(
+        tok,
+        batch_size=p["batch_size"],
+        max_length=p["max_length"],
+        packing=True,
+        seed=SEED,
+        on_overlong="skip",
+        toy={"n": _num_dialogues(p), "seed": SEED},
+    )
+    dm.setup("fit")
+    model = build_policy(p["model_config"])
+    module = SFTModule(
+        model,
+        partial(torch.optim.AdamW, lr=LEARNING_RATE, weight_decay=0.0),
+        {"name": "constant", "warmup_ratio": 0.0},
+        chunked_loss=p.get("chunked_loss", True),
+    )
+    clock = StepClock()
+
+    class Clock(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            clock.start()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.step_end(int(batch["num_tokens"]))
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=p["warmup"] + p["steps"],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[Clock()],
+        deterministic=False,
+    )
+    trainer.fit(module, datamodule=dm)
+    return {**clock.summary(p["warmup"]), "peak_rss_mb": peak_rss_mb()}
+
+
+def run_trl(p: dict[str, Any]) -> dict[str, Any]:
+    """Train ``warmup + steps`` steps with ``trl.SFTTrainer`` on the same tokenized dialogues and time them."""
+    setup_process(p["threads"])
+    import tempfile
+
+    import datasets
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from zephyr.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    examples = _examples(tok, p)
+    ds = datasets.Dataset.from_dict(
+        {"input_ids": [ex.input_ids for ex in examples], "labels": [ex.labels for ex in examples]}
+    )
+    model = build_policy(p["model_config"])
+    clock, queue = StepClock(), TokenQueue()
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            clock.start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.step_end(queue.pop())
+
+    with tempfile.TemporaryDirectory(prefix="zephyr-bench-trl-") as out:
+        cfg = SFTConfig(
+            output_dir=out,
+            max_steps=p["warmup"] + p["steps"],
+            per_device_train_batch_size=p["batch_size"],
+            gradient_accumulation_steps=1,
+            max_length=p["max_length"],
+            packing=True,
+            packing_strategy="bfd",
+            learning_rate=LEARNING_RATE,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            bf16=False,
+            fp16=False,
+            activation_checkpointing=False,
+            use_cpu=True,
+            seed=SEED,
+            logging_strategy="no",
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,
+            dataset_num_proc=None,
+        )
+        trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
+        collate = trainer.data_collator
+
+        def counting_collator(batch):
+            queue.push(sum(len(ex["input_ids"]) for ex in batch))
+            return collate(batch)
+
+        trainer.data_collator = counting_collator
+        trainer.train()
+    return {**clock.summary(p["warmup"]), "peak_rss_mb": peak_rss_mb()}
+
+
+def _examples(tok, p: dict[str, Any]):
+    from bench.common import sft_examples
+
+    return sft_examples(tok, _num_dialogues(p), SEED, p["max_length"])
