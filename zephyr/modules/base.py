@@ -113,6 +113,18 @@ class ZephyrModule(pl.LightningModule):
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
             self.log_throughput()
 
+    # ---- sharding (FSDP2 via Lightning's ModelParallelStrategy; a no-op under every other strategy) -------------
+    def configure_model(self) -> None:
+        """FSDP2 ``fully_shard`` per decoder layer when the strategy gives a device mesh (``strategy=fsdp`` on CPU).
+
+        See :mod:`zephyr.scale.fsdp2`. Other strategies set no mesh and wrap the model themselves.
+        """
+        if self.device_mesh is None:
+            return
+        from zephyr.scale.fsdp2 import apply_fully_shard
+
+        apply_fully_shard(self, self.model, self.device_mesh)
+
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -27,22 +27,36 @@ def is_fully_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def apply_fully_shard(model: torch.nn.Module, mesh, *, bf16_compute: bool = False) -> torch.nn.Module:
-    """Shard ``model`` in place: one FSDP2 unit per decoder layer, then the root (embeddings, norm, head).
+def apply_fully_shard(
+    root: torch.nn.Module,
+    model: torch.nn.Module,
+    mesh,
+    *,
+    forward_methods: tuple[str, ...] = ("training_step", "validation_step"),
+    bf16_compute: bool = False,
+) -> torch.nn.Module:
+    """Shard in place: one FSDP2 unit per decoder layer of ``model``, then ``root`` (embeddings, norm, head).
+
+    The root unit is the LightningModule, not the HF model, because the objectives call
+    ``model.base_model(...)`` and read ``lm_head.weight`` directly (the chunked loss) instead of calling the HF
+    model's ``forward``; registering ``training_step``/``validation_step`` as FSDP forward methods makes FSDP2
+    gather the root parameters around each step and reduce-scatter their gradients afterwards.
 
     Args:
-        model: the Hugging Face causal LM.
+        root: the LightningModule holding ``model``.
+        model: the Hugging Face causal LM (``root.model``).
         mesh: the data-parallel ``DeviceMesh`` (``LightningModule.device_mesh``; its ``data_parallel`` dim when 2-D).
+        forward_methods: methods of ``root`` that run the model.
         bf16_compute: gather and compute in bf16 with fp32 reductions (``MixedPrecisionPolicy``); leave False
             when Lightning's ``bf16-mixed`` autocast already handles it.
 
     Returns:
-        ``model`` (now an ``FSDPModule``); a model already sharded is returned unchanged.
+        ``root`` (now an ``FSDPModule``); a module already sharded is returned unchanged.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-    if is_fully_sharded(model):
-        return model
+    if is_fully_sharded(root):
+        return root
     if mesh is not None and mesh.ndim > 1:
         mesh = mesh["data_parallel"]
     kwargs = {"mesh": mesh}
@@ -50,5 +64,8 @@ def apply_fully_shard(model: torch.nn.Module, mesh, *, bf16_compute: bool = Fals
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
-    return model
+    fully_shard(root, **kwargs)
+    for name in forward_methods:
+        if hasattr(root, name):
+            register_fsdp_forward_method(root, name)
+    return root
