@@ -116,6 +116,8 @@ def create_app(
     default_max_tokens: int = 256,
     max_body_bytes: int = 1_000_000,
     max_n: int = 8,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> FastAPI:
     """Build the server app.
 
@@ -128,6 +130,8 @@ def create_app(
         default_max_tokens: new-token budget when the request gives none.
         max_body_bytes: larger request bodies get 413.
         max_n: most choices per request.
+        device: torch device for ``model_dir`` ("cpu", "cuda", "cuda:1").
+        dtype: weights dtype for ``model_dir`` ("float32", "bfloat16", "float16").
 
     Returns:
         The FastAPI application.
@@ -135,7 +139,7 @@ def create_app(
     if generator is None:
         if model_dir is None:
             raise ValueError("create_app needs model_dir or generator")
-        generator = Generator.from_dir(model_dir)
+        generator = Generator.from_dir(model_dir, device=device, dtype=dtype)
     gen = generator
     served_id = model_id or gen.model_id
     created = int(time.time())

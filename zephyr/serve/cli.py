@@ -24,6 +24,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from zephyr.serve.app import create_app
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if not _is_loopback(args.host) and api_key is None:
         print(
@@ -39,6 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         default_max_tokens=args.default_max_tokens,
         max_body_bytes=args.max_body_bytes,
         max_n=args.max_n,
+        device=args.device,
+        dtype=args.dtype,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
@@ -60,5 +66,10 @@ def register(subparsers) -> None:
     p.add_argument("--default-max-tokens", type=int, default=256, help="new tokens when a request sets none")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="reject larger request bodies (413)")
     p.add_argument("--max-n", type=int, default=8, help="most choices per request")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0 = torch default; 1 is best on a busy machine)"
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
