@@ -1,0 +1,218 @@
+"""Preference-pair data for dDPO: the built-in toy-world pairs, a local file, or a hub dataset, as padding-free batches.
+
+Rows use the ``HuggingFaceH4/ultrafeedback_binarized`` schema (see :mod:`zephyr.data.preference`). Every row is
+validated right after loading, before the eval hold-out, so an error or a counted skip names the row as it is in
+the file (1-based, the jsonl line). Tokenisation and truncation are :func:`zephyr.data.preference.tokenize_pair`.
+
+Batch layout: a batch of B pairs becomes 2B rows, ``[prompt_1 + chosen_1, ..., prompt_B + chosen_B,
+prompt_1 + rejected_1, ...]`` (TRL's ``concatenated_forward`` order), laid out by
+:func:`zephyr.data.collate.collate_rows`: right padding, ``position_ids`` restarting at 0 per sequence and no
+2-D attention mask, so chosen and rejected go through the model in ONE forward, the same code path as dSFT.
+``index`` carries each pair's position in the split so precomputed reference log-probs can be looked up.
+
+The embedded default (``conf/data/toy_prefs.yaml``) runs the real feedback pipeline on toy-world questions: the
+student pool (:func:`zephyr.toy.default_pool`) answers, the verifier judge writes UltraFeedback ratings
+(:func:`zephyr.feedback.complete.collect_feedback`) and :func:`zephyr.feedback.binarize.binarize` picks chosen =
+best mean rating and rejected = a random other completion, as the paper did. The pairs are cached as jsonl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zephyr.data.chat_template import ConversationError
+from zephyr.data.collate import IGNORE_INDEX, collate_rows
+from zephyr.data.io import DataError, RowReport
+from zephyr.data.module import ChatDataModule
+from zephyr.data.preference import tokenize_pair, validate_pair
+
+log = logging.getLogger(__name__)
+
+TOY_FEEDBACK_VERSION = 1  # bump when the toy pair recipe below changes, so old cached pairs are not reused
+
+
+def toy_preference_rows(n: int, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The built-in toy-world preference pairs, made by the feedback pipeline and cached as jsonl.
+
+    ``n`` toy questions (train split) are answered by 4 of the 5 rule-based students, rated by the verifier judge
+    on UltraFeedback's four aspects and binarized (chosen = highest mean rating, rejected = random other, ties
+    dropped), so there are fewer pairs than questions (about 3 in 4).
+
+    Args:
+        n: toy questions to collect feedback on.
+        seed: seed of the questions, the student pool, the judge and the binarization.
+        cache_dir: folder for ``toy_prefs/`` (``None``: a temporary folder, nothing kept).
+
+    Returns:
+        Rows in the ``ultrafeedback_binarized`` schema.
+    """
+    from zephyr.feedback.binarize import binarize
+    from zephyr.feedback.complete import FeedbackConfig, collect_feedback, load_prompts
+    from zephyr.feedback.store import read_jsonl
+    from zephyr.toy import VerifierJudge, default_pool
+
+    name = f"toy_prefs_v{TOY_FEEDBACK_VERSION}_n{n}_seed{seed}.jsonl"
+    target = Path(cache_dir) / "toy_prefs" / name if cache_dir else None
+    if target is not None and target.is_file():
+        return read_jsonl(target)
+    prompts = load_prompts({"source": "toy_tasks", "n": n, "seed": seed + 1, "split": "train"})
+    fcfg = FeedbackConfig(
+        models_per_prompt=4, seed=seed, workers=1, critique=False, world_knowledge=False, progress=False
+    )
+    with tempfile.TemporaryDirectory(prefix="toy_feedback_") as work:
+        collect_feedback(prompts, default_pool(seed), VerifierJudge(seed=seed), work, fcfg)
+        pairs, report = binarize(read_jsonl(Path(work) / "ultrafeedback.jsonl"), seed=seed)
+    log.info("toy preference pairs: %d from %d questions (%d ties dropped)", len(pairs), n, report["ties_dropped"])
+    if target is not None:
+        # tmp + rename: two sweep jobs building the same file at once both write complete, identical files
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(p) + "\n" for p in pairs))
+        os.replace(tmp, target)
+    return pairs
+
+
+def collate_pairs(items: list[dict[str, Any]], pad_id: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """Lay out B tokenised pairs as 2B padding-free rows, chosen first.
+
+    Args:
+        items: B dicts with ``prompt``, ``chosen``, ``rejected`` (token id lists) and ``index`` (int).
+        pad_id: padding token id (labels of padding are ``-100``).
+        pad_to_multiple_of: round the row length up to a multiple of this.
+
+    Returns:
+        ``input_ids``, ``labels``, ``position_ids``: ``(2B, T)``; ``index``: ``(B,)``; ``num_tokens``,
+        ``num_loss_tokens``: ``()``. Labels are ``-100`` on the prompt, so only completion tokens count.
+    """
+    rows = []
+    for key in ("chosen", "rejected"):
+        for it in items:
+            prompt, completion = it["prompt"], it[key]
+            rows.append([(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion)])
+    batch = collate_rows(rows, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
+    batch["index"] = torch.tensor([int(it["index"]) for it in items], dtype=torch.long)
+    return batch
+
+
+def examples_fingerprint(items: list[dict[str, Any]]) -> str:
+    """SHA-256 over the token ids of every pair, in order: changes with the data, tokenizer or truncation."""
+    h = hashlib.sha256()
+    for it in items:
+        for key in ("prompt", "chosen", "rejected"):
+            h.update(key.encode())
+            h.update(torch.tensor(it[key], dtype=torch.int32).numpy().tobytes())
+    return h.hexdigest()
+
+
+class PreferenceDataModule(ChatDataModule):
+    """dDPO pairs.
+
+    Args:
+        tokenizer: the chat tokenizer.
+        max_length: longest prompt + completion (the recipe: 1024).
+        max_prompt_length: longest prompt after left truncation (the recipe: 512).
+        insert_empty_system: prepend an empty system turn to prompts without one (the recipe's choice).
+        cache_dir: where the built-in toy pairs are cached (``None``: rebuilt each run).
+        **kwargs: see :class:`zephyr.data.module.ChatDataModule` (``path``, ``name``, ``split``, ``eval_split``,
+            ``eval_size``, ``batch_size`` in pairs, ``on_bad_row``, ``toy: {n, seed}``, ...).
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        max_length: int = 1024,
+        max_prompt_length: int = 512,
+        insert_empty_system: bool = True,
+        cache_dir: str | None = None,
+        **kwargs: Any,
+    ):
+        if not 1 < max_prompt_length < max_length:
+            raise ValueError(
+                f"data.max_prompt_length={max_prompt_length} must be > 1 and < data.max_length={max_length}"
+            )
+        if kwargs.get("on_bad_row", "error") not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_row={kwargs['on_bad_row']!r} must be 'error' or 'skip'")
+        super().__init__(tokenizer, max_length=max_length, **kwargs)
+        self.max_prompt_length = max_prompt_length
+        self.insert_empty_system = insert_empty_system
+        self.cache_dir = cache_dir
+        self.load_reports: list[RowReport] = []
+
+    def builtin_rows(self) -> list[dict[str, Any]]:
+        return toy_preference_rows(int(self.toy["n"]), int(self.toy.get("seed", 0)), self.cache_dir)
+
+    def _load(self, split: str) -> tuple[str, list[dict[str, Any]]]:
+        """Load and validate rows; numbering is the file's (before any hold-out)."""
+        source, rows = super()._load(split)
+        report = RowReport(source=source, read=len(rows))
+        valid = []
+        for n, row in enumerate(rows, 1):
+            try:
+                validate_pair(row)
+            except ConversationError as e:
+                if self.on_bad_row == "error":
+                    raise DataError(
+                        f"{source}: row {n}: {e} (set data.on_bad_row=skip to skip and count bad rows)"
+                    ) from None
+                report.skip(str(e), f"{source}: row {n}")
+                continue
+            valid.append(row)
+        report.kept = len(valid)
+        self.load_reports.append(report)
+        if report.n_skipped:
+            log.warning("data: %s; first: %s", report.summary(), report.first_errors[0])
+        if not valid:
+            raise DataError(f"{source}: no valid preference rows ({report.summary()})")
+        return source, valid
+
+    def build_items(self, rows: list[dict[str, Any]], source: str) -> tuple[list[dict[str, Any]], RowReport]:
+        report = RowReport(source=source, read=len(rows))
+        items = []
+        for i, row in enumerate(rows):
+            ex = tokenize_pair(
+                self.tokenizer,
+                row,
+                max_length=self.max_length,
+                max_prompt_length=self.max_prompt_length,
+                insert_empty_system=self.insert_empty_system,
+            )
+            report.truncated += int(ex["truncated"])
+            items.append(
+                {
+                    "prompt": ex["prompt_input_ids"],
+                    "chosen": ex["chosen_input_ids"],
+                    "rejected": ex["rejected_input_ids"],
+                    "index": i,
+                }
+            )
+        report.kept = len(items)
+        return items, report
+
+    @property
+    def collate(self):
+        return partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
+
+    def fingerprint(self, split: str) -> str:
+        """Fingerprint of the tokenised ``train`` or ``eval`` pairs (call after ``setup``)."""
+        items = self.train_items if split == "train" else self.eval_items
+        if items is None:
+            raise RuntimeError("call setup() before fingerprint()")
+        return examples_fingerprint(items)
+
+    def local_dir(self) -> Path | None:
+        """The folder of a local data file (reference log-probs are cached next to it), else ``None``."""
+        return Path(self.path).expanduser().resolve().parent if self.path else None
+
+
+__all__ = ["PreferenceDataModule", "collate_pairs", "examples_fingerprint", "toy_preference_rows"]

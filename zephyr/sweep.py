@@ -1,0 +1,127 @@
+"""Sweep bookkeeping as a Hydra callback: readable W&B names per job, and a summary table per multirun.
+
+``conf/train.yaml`` registers :class:`SweepCallback` under ``hydra.callbacks``, so every ``python train.py -m``
+gets, in its multirun folder (``runs/multirun/<task_name>/<time>/``):
+
+* ``summary.csv`` and ``summary.json``: one row per job with ``job`` (its subfolder), ``overrides`` (the job's
+  command-line overrides, comma-joined), one column per swept key (keys whose value differs between jobs, plus
+  ``hydra.sweeper.params``), ``status``, the final metrics from the job's ``metrics.json`` (``train/*``,
+  ``eval/*``, ``global_step``) and ``runtime_s``. Rows are read from disk, so the table is also right for
+  launchers that run jobs elsewhere, and a failed job shows up with ``status=failed``.
+
+Before each job it sets ``WANDB_NAME`` (built from the job's overrides, e.g. ``beta=0.05,lr=0.0001``) and
+``WANDB_RUN_GROUP`` (the experiment's ``task_name``) unless already set in the environment by the user; the
+W&B logger leaves ``name``/``group`` null in config, so W&B takes them from there and all runs of a sweep sit
+side by side in one group.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+HIDDEN_KEYS = ("experiment", "sweep", "hydra", "paths.root_dir", "paths.output_dir")
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def run_name(overrides: list[str]) -> str | None:
+    """A short readable run name: ``key=value`` pairs by their last key part, without experiment/sweep/paths.
+
+    >>> run_name(["+experiment=dpo_beta", "objective.beta=0.05", "objective.optimizer.lr=1e-4"])
+    'beta=0.05,lr=1e-4'
+    """
+    parts = []
+    for o in overrides:
+        key, value = _split(o)
+        if key.startswith(HIDDEN_KEYS):
+            continue
+        parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return ",".join(parts) or None
+
+
+def _job_overrides(job_dir: Path) -> list[str] | None:
+    f = job_dir / ".hydra" / "overrides.yaml"
+    if not f.is_file():
+        return None
+    return [str(o) for o in OmegaConf.load(f)]
+
+
+def summarize(sweep_dir: str | os.PathLike, swept: list[str] | None = None) -> list[dict[str, Any]]:
+    """Build the summary rows of a multirun folder and write ``summary.csv`` / ``summary.json`` into it.
+
+    Args:
+        sweep_dir: the multirun folder (``hydra.sweep.dir``); each job is a subfolder with ``.hydra/``.
+        swept: keys to give a column even when they do not vary (``hydra.sweeper.params``).
+
+    Returns:
+        The rows, in job order.
+    """
+    root = Path(sweep_dir)
+    jobs = []
+    for d in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: (not p.name.isdigit(), p.name.zfill(8))):
+        overrides = _job_overrides(d)
+        if overrides is not None:
+            jobs.append((d, overrides))
+    values = [dict(_split(o) for o in ov) for _, ov in jobs]
+    keys = list(dict.fromkeys([*(swept or []), *(k for v in values for k in v)]))
+    swept_keys = [k for k in keys if k in (swept or []) or len({v.get(k) for v in values}) > 1]
+    rows = []
+    for (d, overrides), vals in zip(jobs, values):
+        row: dict[str, Any] = {"job": d.name, "overrides": ",".join(overrides)}
+        row.update({k: vals.get(k) for k in swept_keys})
+        metrics_file = d / "metrics.json"
+        if metrics_file.is_file():
+            row["status"] = "ok"
+            metrics = json.loads(metrics_file.read_text())
+            runtime = metrics.pop("runtime_s", None)
+            row.update(dict(sorted(metrics.items())))
+            row["runtime_s"] = runtime
+        else:
+            row["status"] = "failed"
+        rows.append(row)
+    columns = list(dict.fromkeys(k for r in rows for k in r if k != "runtime_s")) + ["runtime_s"]
+    with (root / "summary.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    (root / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+class SweepCallback(Callback):
+    """Hydra callback: W&B name/group per job, ``summary.csv``/``summary.json`` at the end of a multirun."""
+
+    def __init__(self) -> None:
+        self._user_env = {k: os.environ.get(k) for k in ("WANDB_NAME", "WANDB_RUN_GROUP")}
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        name, group = run_name(overrides), OmegaConf.select(config, "task_name", default=None)
+        for env, value in (("WANDB_NAME", name), ("WANDB_RUN_GROUP", group)):
+            if self._user_env[env]:
+                continue  # the user's own choice wins
+            if value:
+                os.environ[env] = str(value)
+            else:
+                os.environ.pop(env, None)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+        rows = summarize(sweep_dir, swept=[str(k) for k in params])
+        log.info("sweep summary of %d jobs: %s", len(rows), sweep_dir / "summary.csv")
