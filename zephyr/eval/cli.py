@@ -83,9 +83,18 @@ def cmd_mt_bench(args: argparse.Namespace) -> int:
     if args.answers:
         answers = mb.load_answers(args.answers)
     else:
-        if not (args.model or args.endpoint):
-            raise ValueError("give --model DIR, --endpoint URL or --answers FILE")
-        backend = _model_backend(args.model, args.endpoint, args.endpoint_model, args.api_key_env)
+        if args.backend:
+            from zephyr.feedback.backends import build_backend
+
+            try:
+                spec = json.loads(args.backend)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--backend: not valid JSON ({e.msg})") from e
+            backend = build_backend(spec)
+        elif args.model or args.endpoint:
+            backend = _model_backend(args.model, args.endpoint, args.endpoint_model, args.api_key_env)
+        else:
+            raise ValueError("give --model DIR, --endpoint URL, --backend JSON or --answers FILE")
         model_id = args.model_id or backend.name
         answers = mb.generate_answers(
             questions,
@@ -188,6 +197,11 @@ def register(subparsers) -> None:
     m.add_argument("--endpoint", default=None, help="or: an OpenAI-compatible base URL serving the model")
     m.add_argument("--endpoint-model", default=None, help="model name at --endpoint")
     m.add_argument("--api-key-env", default="", help="env var holding --endpoint's key")
+    m.add_argument(
+        "--backend",
+        default=None,
+        help='or: a backend spec as JSON, e.g. \'{"type": "toy_teacher"}\' (see zephyr.feedback)',
+    )
     m.add_argument("--answers", default=None, help="or: an existing FastChat answer file (skips generation)")
     m.add_argument("--model-id", default=None, help="model_id written in answer rows")
     m.add_argument("--questions", default=None, help="FastChat question.jsonl (default: the built-in toy set)")

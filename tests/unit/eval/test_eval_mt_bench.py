@@ -243,3 +243,27 @@ def test_pairwise_consistent_judge_maps_winners_back():
     assert s["categories"]["writing"]["win"] == 1 and s["categories"]["writing"]["loss"] == 1
     header, table = mb.pairwise_table_rows(s)
     assert table[0] == ["overall", "2", "1", "3", "0", "0.333", "0.583"]
+
+
+def test_mt_bench_cli_toy_teacher_and_verifier_judge(tmp_path, capsys):
+    from zephyr.cli import main
+    from zephyr.eval.judges import grade_with_reference
+
+    qs = [q for q in mb.load_questions() if q["category"] == "math"]
+    qfile = write_jsonl(tmp_path / "question.jsonl", qs)
+    out = tmp_path / "out"
+    argv = ["eval", "mt-bench", "--backend", '{"type": "toy_teacher"}', "--questions", str(qfile)]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    answers = mb.load_answers(out / "model_answer" / "toy-teacher.jsonl")
+    judgments = [json.loads(line) for line in (out / "model_judgment" / "toy-verifier-judge_single.jsonl").open()]
+    assert len(judgments) == 2 * len(qs)
+    for j in judgments:
+        q = next(q for q in qs if q["question_id"] == j["question_id"])
+        answer = answers[j["question_id"]]["choices"][0]["turns"][j["turn"] - 1]
+        assert j["score"] == grade_with_reference(answer, q["reference"][j["turn"] - 1])[0]
+        assert j["judge"][1] == ("single-math-v1" if j["turn"] == 1 else "single-math-v1-multi-turn")
+    results = json.loads((out / "results.json").read_text())["single"]["toy-teacher"]
+    assert results["score"] == pytest.approx(sum(j["score"] for j in judgments) / len(judgments))
+    assert "MT-Bench (single" in capsys.readouterr().out
+    assert main(["eval", "mt-bench", "--backend", "{bad", "--questions", str(qfile)]) == 2
+    assert "--backend: not valid JSON" in capsys.readouterr().err
