@@ -35,7 +35,7 @@ def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
         tok,
         batch_size=p["batch_size"],
         max_length=p["max_length"],
-        packing=True,
+        packing=p.get("packing", True),
         seed=SEED,
         on_overlong="skip",
         toy={"n": _num_dialogues(p), "seed": SEED},

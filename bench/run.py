@@ -40,6 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="torch threads in every worker")
     ap.add_argument("--tiny", action="store_true", help="a 1-layer, hidden-32 model (smoke tests)")
     ap.add_argument("--skip-trl", action="store_true", help="measure zephyr only (TRL values are null)")
+    ap.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also time zephyr with each optimisation switched off (chunked loss; SFT packing; DPO reference cache)",
+    )
     args = ap.parse_args(argv)
     only = [k.strip() for k in args.only.split(",") if k.strip()]
     bad = [k for k in only if k not in KINDS]
@@ -117,6 +122,23 @@ def _median(xs: list[float]) -> float:
     import statistics
 
     return statistics.median(xs)
+
+
+ABLATIONS = {
+    "sft": {"no_chunked_loss": {"chunked_loss": False}, "no_packing": {"packing": False}},
+    "dpo": {"no_chunked_loss": {"chunked_loss": False}, "live_reference": {"reference": "live"}},
+}
+
+
+def measure_ablations(kind: str, params: dict[str, Any], repeats: int, log) -> dict[str, Any]:
+    """Median zephyr tokens/s with one optimisation off at a time (the gain of each is the ratio to the default)."""
+    out = {}
+    for name, change in ABLATIONS[kind].items():
+        runs = [run_worker(f"{kind}:zephyr", {**params, **change}) for _ in range(repeats)]
+        m = median_result(runs)
+        out[name] = {"tokens_per_s": m["tokens_per_s"], "peak_rss_mb": m["peak_rss_mb"], "setting": change}
+        log(f"  {kind} zephyr {name}: {m['tokens_per_s']:.1f} tokens/s, peak RSS {m['peak_rss_mb']:.0f} MiB")
+    return out
 
 
 def measure_sweep(params: dict[str, Any], skip_trl: bool, log) -> dict[str, Any]:
@@ -224,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             results["sweep"] = measure_sweep(params, args.skip_trl, log)
         else:
             results[kind] = measure_steps(kind, params, args.repeats, args.skip_trl, log)
+            if args.ablations:
+                results[kind]["zephyr_ablations"] = measure_ablations(kind, params, args.repeats, log)
     results["wall_s"] = time.perf_counter() - started
 
     out = Path(args.out)
