@@ -45,12 +45,21 @@ def prepare(cfg: DictConfig, *, print_memory: bool = True) -> BatchPlan:
     with open_dict(cfg):
         cfg.trainer.accumulate_grad_batches = plan.accumulate
         cfg.trainer.global_batch_size = plan.global_batch_size
+        if is_zero3(cfg) and cfg.objective.get("chunked_loss", False):
+            # the chunked loss reads lm_head.weight outside the head's forward, where ZeRO-3 holds only a shard
+            log.warning("objective.chunked_loss=false under DeepSpeed ZeRO-3 (the LM head is gathered in its forward)")
+            cfg.objective.chunked_loss = False
     log.info("batch: %s", plan.describe())
     if print_memory and cfg.model.get("config") is not None:
         from zephyr.scale.memory import print_memory_estimate
 
         print_memory_estimate(cfg)
     return plan
+
+
+def is_zero3(cfg: DictConfig) -> bool:
+    """Whether ``strategy`` is DeepSpeed ZeRO stage 3 (parameters exist only as shards outside module forwards)."""
+    return strategy_name(cfg) == "deepspeed" and int(cfg.strategy.get("stage", 0)) == 3
 
 
 def apply_kernel_options(cfg: DictConfig) -> None:
