@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zephyr.scale import ScaleConfigError
 from zephyr.scale.batch import BatchPlan, plan_batches
-from zephyr.scale.strategies import build_strategy, check_combination, strategy_name, world_size
+from zephyr.scale.strategies import build_strategy, check_combination, is_zero3, strategy_name, world_size
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,6 @@ def prepare(cfg: DictConfig, *, print_memory: bool = True) -> BatchPlan:
 
         print_memory_estimate(cfg)
     return plan
-
-
-def is_zero3(cfg: DictConfig) -> bool:
-    """Whether ``strategy`` is DeepSpeed ZeRO stage 3 (parameters exist only as shards outside module forwards)."""
-    return strategy_name(cfg) == "deepspeed" and int(cfg.strategy.get("stage", 0)) == 3
 
 
 def apply_kernel_options(cfg: DictConfig) -> None:

@@ -17,7 +17,8 @@ Activations are a rough upper guide for one micro-batch of ``b`` rows x ``s`` to
 layers, using the per-layer ``34·s·b·h`` bytes (16-bit) of Korthikanti et al. 2022 (arXiv 2205.05198, §4.1)
 without the attention-score term (FlashAttention / SDPA never store it). Gradient checkpointing keeps only each
 layer's input (``2·s·b·h`` per layer) plus one layer being recomputed. The loss adds fp32 logits: the whole
-``b·s·V`` block, or one ``chunk x V`` block with ``objective.chunked_loss``. DPO doubles the rows (chosen and
+``b·s·V`` block, or one ``chunk x V`` block with ``objective.chunked_loss`` (not under ZeRO-3, see
+:func:`zephyr.scale.launch.prepare`). DPO doubles the rows (chosen and
 rejected go through together) and a live reference model adds its unsharded weights. Framework overhead
 (CUDA context ~0.5-1 GB, allocator fragmentation, communication buckets) is not included: keep ~10 % headroom.
 """
@@ -182,7 +183,7 @@ def estimates_for_config(cfg: DictConfig) -> tuple[list[MemoryEstimate], dict[st
     rows = int(cfg.data.batch_size) * (2 if is_dpo else 1)
     seq = int(cfg.data.get("max_length", 2048))
     chunked = bool(cfg.objective.get("chunked_loss", True))
-    acts = activation_bytes(
+    act_kwargs = dict(
         micro_batch_size=rows,
         seq_len=seq,
         hidden_size=h,
@@ -190,9 +191,11 @@ def estimates_for_config(cfg: DictConfig) -> tuple[list[MemoryEstimate], dict[st
         vocab_size=int(mcfg["vocab_size"]),
         act_bytes=act_bytes,
         gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
-        chunked_loss=chunked,
         loss_chunk_size=int(cfg.objective.get("loss_chunk_size", 1024)),
     )
+    acts = activation_bytes(chunked_loss=chunked, **act_kwargs)
+    # ZeRO-3 runs turn the chunked loss off (zephyr.scale.launch.prepare): full logits there
+    acts_zero3 = activation_bytes(chunked_loss=False, **act_kwargs)
     ref_mode = str((cfg.objective.get("reference") or {}).get("mode", "cache")) if is_dpo else "none"
     reference = n_params * w if ref_mode == "live" else 0.0
     n = world_size(cfg.hardware)
@@ -207,7 +210,7 @@ def estimates_for_config(cfg: DictConfig) -> tuple[list[MemoryEstimate], dict[st
             n_params=n_params,
             world_size=n,
             weight_bytes=w,
-            activations=acts,
+            activations=acts_zero3 if s.startswith("deepspeed_stage_3") else acts,
             reference_bytes=reference,
             fsdp_full_shard=full_shard,
             precision=precision,
@@ -255,13 +258,9 @@ def render_table(rows: list[MemoryEstimate], facts: dict[str, Any], selected: st
 
 def selected_row(cfg: DictConfig) -> str:
     """The :data:`STRATEGY_ROWS` entry of the configured strategy."""
-    s = cfg.strategy
-    name = str(s.get("name", "auto"))
-    if name != "deepspeed":
-        return name
-    stage = int(s.get("stage", 3))
-    offload = str(s.get("offload_param", "none")) != "none" or str(s.get("offload_optimizer", "none")) != "none"
-    return f"deepspeed_stage_{stage}" + ("_offload" if offload and stage == 3 else "")
+    from zephyr.scale.strategies import strategy_option
+
+    return strategy_option(cfg)
 
 
 def print_memory_estimate(cfg: DictConfig, console=None) -> list[MemoryEstimate]:

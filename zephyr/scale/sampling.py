@@ -66,10 +66,9 @@ class RankShardedBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         start = self.inner.start_batch  # global position; a multiple of world_size
         limit = len(self) * self.world_size
+        # run the inner sampler to its end (never break early): that is where it advances its epoch
         for i, batch in enumerate(self.inner, start=start):
-            if i >= limit:
-                break
-            if i % self.world_size == self.rank:
+            if i < limit and i % self.world_size == self.rank:
                 yield batch
 
 

@@ -55,6 +55,22 @@ def strategy_name(cfg: DictConfig) -> str:
     return str(s.get("name", "auto")) if s is not None else "auto"
 
 
+def strategy_option(cfg: DictConfig) -> str:
+    """The ``conf/strategy`` option a config corresponds to (``deepspeed_stage_3_offload``, ``fsdp``, ...)."""
+    name = strategy_name(cfg)
+    if name != "deepspeed":
+        return name
+    s = cfg.strategy
+    stage = int(s.get("stage", 3))
+    offload = str(s.get("offload_param", "none")) != "none" or str(s.get("offload_optimizer", "none")) != "none"
+    return f"deepspeed_stage_{stage}" + ("_offload" if offload and stage == 3 else "")
+
+
+def is_zero3(cfg: DictConfig) -> bool:
+    """Whether ``strategy`` is DeepSpeed ZeRO stage 3 (parameters exist only as shards outside module forwards)."""
+    return strategy_name(cfg) == "deepspeed" and int(cfg.strategy.get("stage", 0)) == 3
+
+
 def is_sharded(cfg: DictConfig) -> bool:
     """Whether weights are split across ranks (FSDP, ZeRO-3), so the export must gather them."""
     name = strategy_name(cfg)
@@ -65,8 +81,12 @@ def _on_gpu(hardware: DictConfig) -> bool:
     return str(hardware.get("accelerator", "cpu")) in ("gpu", "cuda")
 
 
-def check_combination(cfg: DictConfig) -> None:
+def check_combination(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
     """Refuse strategy x hardware combinations that cannot run, with one line naming the keys.
+
+    Args:
+        cfg: the composed train config.
+        cuda_available: override the CUDA probe (tests check GPU presets on CPU machines); default asks torch.
 
     Raises:
         ScaleConfigError: unknown strategy name, DeepSpeed without CUDA GPUs, an unknown offload device or FSDP
@@ -77,7 +97,9 @@ def check_combination(cfg: DictConfig) -> None:
     accel = str(hw.get("accelerator", "cpu"))
     if name not in STRATEGIES:
         raise ScaleConfigError(f"strategy.name={name!r} is not one of {STRATEGIES} (conf/strategy/)")
-    if _on_gpu(hw) and not torch.cuda.is_available():
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if _on_gpu(hw) and not cuda_available:
         raise ScaleConfigError(
             f"hardware.accelerator={accel} but this machine has no CUDA device; use hardware=cpu here "
             "(the GPU presets are for gpu1 / a100x8 / a100x16 / h100x8 machines)"
@@ -86,7 +108,7 @@ def check_combination(cfg: DictConfig) -> None:
         s = cfg.strategy
         if not _on_gpu(hw):
             raise ScaleConfigError(
-                f"strategy=deepspeed_stage_{s.get('stage')} needs CUDA GPUs but hardware.accelerator={accel}: "
+                f"strategy={strategy_option(cfg)} needs CUDA GPUs but hardware.accelerator={accel}: "
                 "Lightning's DeepSpeed strategy is CUDA-only; on CPU use strategy=ddp or strategy=fsdp, or check the "
                 "DeepSpeed config with `torchrun --nproc_per_node 2 -m zephyr.scale.deepspeed_cpu_check`"
             )
@@ -185,16 +207,17 @@ def _decoder_layer_classes() -> set[type[torch.nn.Module]]:
     return {MistralDecoderLayer}
 
 
-def build_strategy(cfg: DictConfig) -> Any:
+def build_strategy(cfg: DictConfig, *, cuda_available: bool | None = None) -> Any:
     """The ``strategy=`` argument for ``pl.Trainer`` (a name or a strategy object).
 
     Args:
         cfg: the composed train config (``strategy``, ``hardware``, ``model``, ``data``, ``trainer``).
+        cuda_available: see :func:`check_combination`.
 
     Raises:
         ScaleConfigError: see :func:`check_combination`.
     """
-    check_combination(cfg)
+    check_combination(cfg, cuda_available=cuda_available)
     name = strategy_name(cfg)
     s = cfg.strategy
     if name == "auto":
