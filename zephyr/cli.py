@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "zephyr.feedback.cli",
     "zephyr.serve.cli",
     "zephyr.eval.cli",
+    "zephyr.demo_cli",
 ]
 
 

@@ -1,0 +1,534 @@
+"""``zephyr demo``: the whole Zephyr recipe on the offline toy world, end to end on a CPU, with an honest report.
+
+Stages (each timed; ``report.json`` keeps ``stages`` name -> seconds):
+
+1. ``sft_data``   the imperfect toy teacher writes a FIXED, limited dSFT set (``ultrachat_200k`` schema);
+2. ``dsft``       ``zephyr.run.train`` on it (random-init tiny Mistral -> ``dsft/model``);
+3. ``sampling``   every pool member (rule-based students of different strengths + the dSFT model itself,
+                  answering through a local-checkpoint backend) completes toy prompts from the train split;
+4. ``judging``    the verifier judge rates every completion on the four UltraFeedback aspects, through the
+                  real prompt builders and parsers of :mod:`zephyr.feedback.judge` (3 and 4 are one
+                  :func:`zephyr.feedback.complete.collect_feedback` call; its wall time is split by timing
+                  the backends, exact because calls run one at a time);
+5. ``binarize``   chosen = best mean rating, rejected = a random other completion (``ultrafeedback_binarized``);
+6. ``ddpo``       ``train`` with ``objective=dpo`` from the dSFT export on those pairs (DPO + ``rpo_alpha`` NLL);
+7. ``dsft_compute_matched``  the dSFT model trained further on the same teacher data for as many optimizer
+                  steps as fit in the wall time of stages 3-6 at the dSFT stage's measured seconds per step;
+8. ``dpo_from_base``  the same DPO run starting from the random-init base model (no dSFT);
+9. ``eval``       base, dSFT, compute-matched dSFT, dDPO and DPO-from-base answer the same FIXED held-out
+                  questions with greedy decoding; ``zephyr.toy.is_correct`` grades them.
+
+With ``seeds > 1`` each seed runs in ``<out>/seed_<s>/`` (a finished seed is reused) and ``<out>/report.json``
+holds the mean over seeds (``accuracy``), the population standard deviation (``accuracy_std``), min/max and
+the per-seed figures. ``report.md``, ``accuracy.png`` and ``stages.png`` come from :mod:`zephyr.eval.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from zephyr.chat import ChatResponse
+from zephyr.data.chat_template import with_system
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SIZES = ("full", "ci")
+MODELS = ("base", "dsft", "dsft_compute_matched", "ddpo", "dpo_from_base")
+"""The evaluated models, in ``report.json`` order."""
+
+QUIET_TRAINING = [
+    "logger=none",
+    "callbacks.model_checkpoint=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.val_check_interval=null",
+    "final_eval=false",
+]
+"""Overrides every demo training run gets: no W&B, no intermediate checkpoints, no per-step bar."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------------
+def load_settings(size: str = "full", overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/demo/full.yaml``, merged with ``conf/demo/<size>.yaml`` and dotlist ``overrides``.
+
+    Raises:
+        ValueError: unknown size or a malformed override.
+    """
+    if size not in SIZES:
+        raise ValueError(f"demo size must be one of {SIZES}, got {size!r}")
+    cfg = OmegaConf.load(CONF_DIR / "demo" / "full.yaml")
+    if size != "full":
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(CONF_DIR / "demo" / f"{size}.yaml"))
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"demo overrides must look like key=value, got {bad}")
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    return cfg
+
+
+def compose_train(overrides: Sequence[str]) -> DictConfig:
+    """The composed ``conf/train.yaml`` with ``overrides`` (what ``python train.py <overrides>`` would run)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("train", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def model_config(settings: DictConfig) -> dict[str, Any]:
+    """The random-init model config of the demo: ``conf/model/tiny_mistral.yaml`` with the demo's overrides."""
+    cfg = compose_train([f"paths.root_dir={Path.cwd()}", "paths.output_dir=unused", *settings.model])
+    return OmegaConf.to_container(cfg.model.config, resolve=True)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation with the training-time prompt rendering
+# --------------------------------------------------------------------------------------------------
+def prompt_ids(tokenizer, messages: Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of a prompt exactly as dSFT/DPO training rendered it: empty system turn, chat template, BOS."""
+    text = tokenizer.apply_chat_template(with_system(list(messages)), tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    conversations: Sequence[Sequence[dict[str, str]]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> list[tuple[str, int, int]]:
+    """Answer conversations in left-padded batches (prompts sorted by length, so little padding).
+
+    Args:
+        model: a causal LM in eval mode.
+        tokenizer: its tokenizer (``eos_token_id`` stops a row, ``pad_token_id`` pads).
+        conversations: chat messages, each ending with a user turn.
+        max_new_tokens: longest answer in tokens.
+        batch_size: prompts per ``generate`` call.
+        temperature: 0 = greedy decoding.
+        top_p: nucleus mass when sampling.
+        seed: seeds torch for this call when sampling (global RNG state restored afterwards).
+
+    Returns:
+        ``(text, prompt_tokens, completion_tokens)`` per conversation, in input order.
+    """
+    ids = [prompt_ids(tokenizer, c) for c in conversations]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    out: list[tuple[str, int, int] | None] = [None] * len(ids)
+    sampling = bool(temperature and temperature > 0)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(ids[i]) for i in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # (B, T)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)  # (B, T), 1 = real token
+            for row, i in enumerate(chunk):
+                input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
+                mask[row, width - len(ids[i]) :] = 1
+            kwargs: dict[str, Any] = {"do_sample": sampling}
+            if sampling:
+                kwargs.update(temperature=float(temperature), top_p=float(top_p))
+            seqs = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=int(max_new_tokens),
+                eos_token_id=eos,
+                pad_token_id=pad,
+                **kwargs,
+            )  # (B, T + new)
+            for row, i in enumerate(chunk):
+                new = seqs[row, width:].tolist()
+                if eos in new:
+                    new = new[: new.index(eos)]
+                out[i] = (tokenizer.decode(new, skip_special_tokens=True).strip(), len(ids[i]), len(new))
+    return out  # type: ignore[return-value]
+
+
+class PolicyBackend:
+    """A trained checkpoint as a pool member (``ChatBackend`` with batched ``chat_batch``).
+
+    Prompts are rendered the way training rendered them (empty system turn + BOS), which the generic
+    ``zephyr.feedback.backends.LocalCheckpointBackend`` does not do for this template.
+
+    Args:
+        path: exported checkpoint folder (``config.json``, weights, tokenizer).
+        name: pool member name recorded in the feedback rows.
+        batch_size: prompts per ``generate`` call.
+    """
+
+    def __init__(self, path: str | os.PathLike, name: str, batch_size: int = 64):
+        from transformers import AutoModelForCausalLM
+
+        from zephyr.tokenizer import load_tokenizer
+
+        self.name = name
+        self.batch_size = int(batch_size)
+        self.tokenizer = load_tokenizer(str(path))
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+
+    def chat(self, messages, *, temperature=0.7, top_p=1.0, max_tokens=256, n=1, seed=None, stop=None) -> ChatResponse:
+        return self.chat_batch(
+            [messages], temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, seed=seed, stop=stop
+        )[0]
+
+    def chat_batch(
+        self, batch, *, temperature=0.7, top_p=1.0, max_tokens=256, n=1, seed=None, stop=None
+    ) -> list[ChatResponse]:
+        """One response per conversation with ``n`` sampled texts each (``stop`` strings cut a text)."""
+        runs = [
+            generate(
+                self.model, self.tokenizer, batch, max_new_tokens=max_tokens, batch_size=self.batch_size,
+                temperature=temperature, top_p=top_p, seed=None if seed is None else int(seed) + j,
+            )
+            for j in range(int(n))
+        ]  # fmt: skip
+        out = []
+        for i in range(len(batch)):
+            texts, reasons, used = [], [], 0
+            for run in runs:
+                text, _, k = run[i]
+                reason = "length" if k >= max_tokens else "stop"
+                for s in stop or []:
+                    if s and s in text:
+                        text, reason = text[: text.index(s)], "stop"
+                texts.append(text)
+                reasons.append(reason)
+                used += k
+            out.append(ChatResponse(texts, runs[0][i][1], used, self.name, reasons))
+        return out
+
+
+class TimedBackend:
+    """Wraps a backend and adds the wall time of its calls to ``clock[key]`` (exact when calls are sequential)."""
+
+    def __init__(self, inner, clock: dict[str, float], key: str):
+        self.inner, self.clock, self.key = inner, clock, key
+        self.name = inner.name
+        if hasattr(inner, "chat_batch"):
+            self.chat_batch = self._timed(inner.chat_batch)
+        self.chat = self._timed(inner.chat)
+
+    def _timed(self, fn: Callable) -> Callable:
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.clock[self.key] = self.clock.get(self.key, 0.0) + time.perf_counter() - t0
+
+        return call
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+def heldout_tasks(settings: DictConfig):
+    """The FIXED held-out questions (same for every seed and every model)."""
+    from zephyr.toy.tasks import sample_tasks
+
+    return sample_tasks(int(settings.eval.n), int(settings.eval.seed), split="heldout")
+
+
+def evaluate(model, tokenizer, tasks, settings: DictConfig) -> dict[str, Any]:
+    """Greedy answers to ``tasks`` graded by the verifier: overall and per-family accuracy, sample answers."""
+    from zephyr.toy.tasks import is_correct
+
+    model.eval()
+    answers = generate(
+        model, tokenizer, [[{"role": "user", "content": t.question}] for t in tasks],
+        max_new_tokens=int(settings.eval.max_new_tokens), batch_size=int(settings.eval.batch_size),
+    )  # fmt: skip
+    right = [is_correct(t, a[0]) for t, a in zip(tasks, answers)]
+    fams: dict[str, list[bool]] = {}
+    for t, r in zip(tasks, right):
+        fams.setdefault(t.family, []).append(r)
+    return {
+        "accuracy": sum(right) / len(right),
+        "by_family": {f: sum(v) / len(v) for f, v in sorted(fams.items())},
+        "examples": [
+            {"question": t.question, "answer": a[0], "correct": r} for t, a, r in list(zip(tasks, answers, right))[:8]
+        ],
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------------
+class Stages:
+    """Times named stages, prints a rule per stage with rich, keeps ``name -> seconds``."""
+
+    def __init__(self, console):
+        self.console = console
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, what: str):
+        self.console.rule(f"[bold]{name}[/]: {what}")
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        self.console.print(f"[green]{name}[/] done in {self.seconds[name]:.1f} s")
+
+
+def _train(overrides: list[str]) -> dict[str, float]:
+    from zephyr.run import train
+
+    return train(compose_train(overrides))
+
+
+def run_one(settings: DictConfig, out: Path, seed: int, console=None) -> dict[str, Any]:
+    """Run every stage for one seed in ``out`` and write ``out/report.json``; returns the report."""
+    from rich.console import Console
+
+    from zephyr.feedback.binarize import binarize
+    from zephyr.feedback.complete import FeedbackConfig, collect_feedback, load_prompts
+    from zephyr.feedback.store import read_jsonl, write_jsonl
+    from zephyr.models.mistral import build_model
+    from zephyr.tokenizer import load_tokenizer
+    from zephyr.toy import VerifierJudge, default_pool, sft_dialogues
+
+    console = console or Console()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Stages(console)
+    common = [f"paths.root_dir={out}", f"seed={seed}", *QUIET_TRAINING, *settings.model]
+    data_dir = out / "data"
+
+    with stage("sft_data", "the imperfect teacher writes the fixed dSFT set"):
+        n, (lo, hi) = int(settings.sft_data.n), settings.sft_data.turns
+        rows = sft_dialogues(n, seed, turns=(int(lo), int(hi)))
+        sft_path = data_dir / "sft.jsonl"
+        write_jsonl(sft_path, rows)
+        console.print(f"{len(rows)} dialogues -> {sft_path}")
+
+    data_sft = ["data=local_jsonl", f"data.path={sft_path}", "data.eval_size=0"]
+    with stage("dsft", "distilled SFT on the teacher's dialogues"):
+        m = _train([*common, *data_sft, *settings.dsft, f"paths.output_dir={out / 'dsft'}", "task_name=dsft"])
+        dsft_steps = max(1, int(m.get("global_step", 1)))
+        console.print(f"{dsft_steps} steps, final train/loss {m.get('train/loss', float('nan')):.3f}")
+    dsft_model = out / "dsft" / "model"
+
+    clock: dict[str, float] = {}
+    with stage("feedback", "pool completions + verifier judging (UltraFeedback aspects)"):
+        names = list(settings.feedback.pool)
+        rule = {s.name: s for s in default_pool(seed)}
+        unknown = [x for x in names if x != "dsft" and x not in rule]
+        if unknown:
+            raise ValueError(f"demo feedback.pool: unknown members {unknown}; known {sorted(rule)} and 'dsft'")
+        pool = [
+            TimedBackend(
+                PolicyBackend(dsft_model, "dsft", int(settings.feedback.batch_size)) if x == "dsft" else rule[x],
+                clock, "sampling",
+            )
+            for x in names
+        ]  # fmt: skip
+        judge = TimedBackend(VerifierJudge(), clock, "judging")
+        prompts = load_prompts({"source": "toy_tasks", "n": int(settings.feedback.prompts), "seed": 10_000 + seed})
+        fcfg = FeedbackConfig(
+            models_per_prompt=settings.feedback.models_per_prompt,
+            seed=seed,
+            workers=int(settings.feedback.workers),
+            batch_size=int(settings.feedback.batch_size),
+            critique=bool(settings.feedback.critique),
+            world_knowledge=False,
+            completion_gen={
+                "temperature": float(settings.feedback.temperature),
+                "top_p": float(settings.feedback.top_p),
+                "max_tokens": int(settings.feedback.max_tokens),
+            },
+            progress=False,
+        )
+        summary = collect_feedback(prompts, pool, judge, out / "feedback", fcfg)
+        if summary["judged_prompts"] == 0:
+            raise RuntimeError(f"{out / 'feedback'}: no prompt was judged ({summary['example_errors']})")
+        console.print(f"{summary['judged_prompts']} prompts judged, pool {names}")
+    fb_total = stage.seconds.pop("feedback")
+    judging = min(clock.get("judging", 0.0), fb_total)
+    stage.seconds["sampling"] = round(fb_total - judging, 2)
+    stage.seconds["judging"] = round(judging, 2)
+
+    with stage("binarize", "chosen = best mean rating, rejected = a random other"):
+        raw = read_jsonl(out / "feedback" / "ultrafeedback.jsonl")
+        pairs, brep = binarize(
+            raw, criterion=settings.binarize.criterion, rejected=settings.binarize.rejected,
+            ties=settings.binarize.ties, seed=seed,
+        )  # fmt: skip
+        if not pairs:
+            raise RuntimeError(f"{out / 'feedback'}: binarizing gave no pairs ({brep})")
+        pairs_path = data_dir / "pairs.jsonl"
+        write_jsonl(pairs_path, pairs)
+        console.print(f"{len(pairs)} pairs -> {pairs_path}; chosen from {brep['chosen_models']}")
+
+    data_dpo = ["objective=dpo", "data=local_prefs", f"data.path={pairs_path}"]
+    with stage("ddpo", "DPO (+ NLL on chosen) from the dSFT model"):
+        m_ddpo = _train([*common, *data_dpo, *settings.ddpo, f"model.path={dsft_model}",
+                         f"paths.output_dir={out / 'ddpo'}", "task_name=ddpo"])  # fmt: skip
+
+    budget = sum(stage.seconds[k] for k in ("sampling", "judging", "binarize", "ddpo"))
+    sec_per_step = stage.seconds["dsft"] / dsft_steps
+    matched_steps = max(1, round(budget / sec_per_step))
+    with stage("dsft_compute_matched", f"dSFT trained further: {matched_steps} steps ~ {budget:.0f} s"):
+        dsft_no_steps = [o for o in settings.dsft if not o.startswith("trainer.max_steps=")]
+        _train([*common, *data_sft, *dsft_no_steps, f"trainer.max_steps={matched_steps}", f"model.path={dsft_model}",
+                f"paths.output_dir={out / 'dsft_compute_matched'}", "task_name=dsft_compute_matched"])  # fmt: skip
+
+    with stage("dpo_from_base", "the same DPO run from the random-init base (no dSFT)"):
+        _train([*common, *data_dpo, *settings.ddpo, f"paths.output_dir={out / 'dpo_from_base'}",
+                "task_name=dpo_from_base"])  # fmt: skip
+
+    results: dict[str, dict[str, Any]] = {}
+    with stage("eval", f"greedy answers to {int(settings.eval.n)} held-out questions, graded by the verifier"):
+        tasks = heldout_tasks(settings)
+        tokenizer = load_tokenizer()
+        for name in MODELS:
+            if name == "base":
+                model = build_model(config=model_config(settings), init_seed=seed)
+            else:
+                model = build_model(path=str(out / name / "model"))
+            results[name] = evaluate(model, tokenizer, tasks, settings)
+            console.print(f"{name:>22}: {results[name]['accuracy']:.3f}")
+            del model
+
+    report = {
+        "seed": seed,
+        "size": settings.get("size_name", "full"),
+        "heldout_n": len(tasks),
+        "accuracy": {k: round(v["accuracy"], 4) for k, v in results.items()},
+        "stages": stage.seconds,
+        "total_s": round(sum(stage.seconds.values()), 1),
+        "compute_budget_s": round(budget, 1),
+        "compute_matched_steps": matched_steps,
+        "dsft_steps": dsft_steps,
+        "pairs": len(pairs),
+        "chosen_models": brep["chosen_models"],
+        "rejected_models": brep["rejected_models"],
+        "ddpo_metrics": {k: round(v, 4) for k, v in m_ddpo.items() if k.startswith("train/")},
+        "by_family": {k: v["by_family"] for k, v in results.items()},
+        "examples": {k: v["examples"] for k, v in results.items()},
+        "settings": OmegaConf.to_container(settings, resolve=True),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def aggregate(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds (``accuracy``, ``stages``), population std, min and max, and the per-seed figures."""
+    if not reports:
+        raise ValueError("aggregate: no per-seed reports")
+    names = [k for k in MODELS if all(k in r["accuracy"] for r in reports)]
+    acc = {k: [float(r["accuracy"][k]) for r in reports] for k in names}
+    stages = {k: statistics.fmean(float(r["stages"].get(k, 0.0)) for r in reports) for k in reports[0]["stages"]}
+    return {
+        "seed": int(reports[0]["seed"]),
+        "seeds": [int(r["seed"]) for r in reports],
+        "heldout_n": int(reports[0]["heldout_n"]),
+        "accuracy": {k: round(statistics.fmean(v), 4) for k, v in acc.items()},
+        "accuracy_std": {k: round(statistics.pstdev(v), 4) for k, v in acc.items()},
+        "accuracy_min": {k: min(v) for k, v in acc.items()},
+        "accuracy_max": {k: max(v) for k, v in acc.items()},
+        "stages": {k: round(v, 2) for k, v in stages.items()},
+        "total_s": round(sum(stages.values()), 1),
+        "per_seed": [{"seed": r["seed"], "accuracy": r["accuracy"], "total_s": r.get("total_s")} for r in reports],
+    }
+
+
+def print_report(report: dict[str, Any], console) -> None:
+    """Accuracy table (mean ± std over seeds when there are several) and stage times, with rich."""
+    from rich.table import Table
+
+    std = report.get("accuracy_std") or {}
+    t = Table(title=f"held-out accuracy (n={report['heldout_n']}, seeds={report.get('seeds', [report['seed']])})")
+    t.add_column("model")
+    t.add_column("accuracy", justify="right")
+    for k, v in report["accuracy"].items():
+        t.add_row(k, f"{v:.3f}" + (f" ± {std[k]:.3f}" if k in std else ""))
+    console.print(t)
+    s = Table(title="stage wall time (s)")
+    s.add_column("stage")
+    s.add_column("seconds", justify="right")
+    for k, v in report["stages"].items():
+        s.add_row(k, f"{float(v):.1f}")
+    s.add_row("[bold]total", f"{sum(float(v) for v in report['stages'].values()):.1f}")
+    console.print(s)
+
+
+def run_demo(
+    out: str | os.PathLike = "runs/demo",
+    *,
+    size: str = "full",
+    seed: int | None = None,
+    seeds: int = 1,
+    overrides: Sequence[str] = (),
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run the demo for ``seeds`` consecutive seeds, write ``report.json`` + markdown + PNGs, print the report.
+
+    Args:
+        out: output folder (one seed: everything in it; several: ``seed_<s>/`` subfolders + the aggregate).
+        size: ``full`` (``make demo``) or ``ci`` (reduced).
+        seed: first seed (default: the settings' ``seed``).
+        seeds: number of seeds.
+        overrides: dotlist overrides of the demo settings (``ddpo=[...]`` replaces a list).
+        force: rerun seeds whose ``report.json`` already exists.
+
+    Returns:
+        The report written to ``<out>/report.json``.
+    """
+    from rich.console import Console
+
+    from zephyr.eval.report import write_demo_report
+
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    settings = load_settings(size, overrides)
+    settings.size_name = size
+    if settings.get("threads"):
+        torch.set_num_threads(int(settings.threads))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    console = Console()
+    first = int(settings.seed if seed is None else seed)
+    root = Path(out)
+    reports = []
+    for s in range(first, first + seeds):
+        folder = root if seeds == 1 else root / f"seed_{s}"
+        done = folder / "report.json"
+        if seeds > 1 and done.is_file() and not force:
+            console.print(f"seed {s}: reusing {done}")
+            reports.append(json.loads(done.read_text()))
+            continue
+        console.rule(f"[bold magenta]seed {s} ({size})")
+        reports.append(run_one(settings, folder, s, console))
+    report = reports[0] if seeds == 1 else aggregate(reports)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    written = write_demo_report(root)
+    print_report(report, console)
+    console.print("wrote " + ", ".join(str(p) for p in [root / "report.json", *written]))
+    return report
