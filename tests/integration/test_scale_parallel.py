@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from tests.integration.helpers_scale import eval_curve, train
 
-pytestmark = pytest.mark.slow  # three train.py runs of ~40 s each on 2 cores
+pytestmark = pytest.mark.slow  # three train.py runs of 10-20 s each on 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def single(tmp_path_factory):
 
 def _compare(single, other):
     a, b = eval_curve(single), eval_curve(other)
-    assert sorted(a) == sorted(b) == [2, 4]
+    assert {2, 4} <= set(a) and set(a) == set(b)  # evaluations after optimizer steps 2 and 4 in both runs
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4), step
     fa = json.loads((single / "metrics.json").read_text())
