@@ -86,7 +86,7 @@ def test_tiny_bench_run_writes_the_promised_schema(tmp_path):
         "--sweep-steps",
         "1",
         "--points",
-        "2",
+        "1",
         "--batch-size",
         "2",
         "--max-length",
@@ -104,7 +104,7 @@ def test_tiny_bench_run_writes_the_promised_schema(tmp_path):
         assert row["zephyr_tokens_per_step"] > 0
     assert data["dpo"]["zephyr_cached_ref_tokens_per_s"] >= data["dpo"]["zephyr_tokens_per_s"]
     sweep = data["sweep"]
-    assert sweep["points"] == 2 and sweep["zephyr_s"] > 0 and sweep["trl_s"] is None
+    assert sweep["points"] == 1 and sweep["zephyr_s"] > 0 and sweep["trl_s"] is None
     assert data["settings"]["model_config"]["hidden_size"] == 32
     # the table is the last thing printed
-    assert proc.stdout.rstrip().splitlines()[-1].startswith("| 2-point beta sweep wall time (s) | ")
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("| 1-point beta sweep wall time (s) | ")
