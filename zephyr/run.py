@@ -127,12 +127,12 @@ def resolve_ckpt_path(cfg: DictConfig, out: Path) -> str | None:
         return None
     if str(ckpt) == "last":
         last = out / "checkpoints" / "last.ckpt"
-        if last.is_file():
+        if last.exists():  # a file, or a directory of shards (FSDP / DeepSpeed)
             log.info("resuming from %s", last)
             return str(last)
         log.info("ckpt_path=last but %s does not exist: starting from scratch", last)
         return None
-    if not Path(str(ckpt)).is_file():
+    if not Path(str(ckpt)).exists():
         raise FileNotFoundError(f"ckpt_path={ckpt}: checkpoint file not found")
     return str(ckpt)
 
