@@ -1,0 +1,78 @@
+"""Demo bookkeeping without training: settings merge, seed aggregation, reuse of finished seeds, prompt rendering."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from zephyr.demo import MODELS, aggregate, load_settings, prompt_ids, run_demo
+
+pytestmark = pytest.mark.unit
+
+
+def _report(seed: int, accs: list[float], dsft_s: float) -> dict:
+    return {
+        "seed": seed,
+        "heldout_n": 500,
+        "accuracy": dict(zip(MODELS, accs)),
+        "stages": {"sft_data": 1.0, "dsft": dsft_s, "eval": 2.0},
+        "total_s": 3.0 + dsft_s,
+    }
+
+
+def test_aggregate_mean_std_min_max():
+    reps = [_report(0, [0.0, 0.5, 0.5, 0.7, 0.1], 10.0), _report(1, [0.0, 0.3, 0.6, 0.9, 0.0], 20.0)]
+    agg = aggregate(reps)
+    assert agg["seeds"] == [0, 1]
+    assert agg["seed"] == 0
+    assert agg["accuracy"]["dsft"] == pytest.approx(0.4)
+    assert agg["accuracy_std"]["dsft"] == pytest.approx(0.1)  # population std of 0.5, 0.3
+    assert agg["accuracy"]["ddpo"] == pytest.approx(0.8)
+    assert agg["accuracy_min"]["dsft_compute_matched"] == 0.5
+    assert agg["accuracy_max"]["dsft_compute_matched"] == 0.6
+    assert agg["stages"]["dsft"] == pytest.approx(15.0)
+    assert agg["total_s"] == pytest.approx(18.0)
+    assert list(agg["accuracy"]) == list(MODELS)
+    with pytest.raises(ValueError, match="no per-seed"):
+        aggregate([])
+
+
+def test_settings_ci_overrides_full_and_dotlist():
+    full, ci = load_settings("full"), load_settings("ci")
+    assert ci.sft_data.n < full.sft_data.n and ci.eval.n < full.eval.n
+    assert ci.eval.seed == full.eval.seed  # the held-out draw is the same question source
+    assert "dsft" in full.feedback.pool and len(full.feedback.pool) >= 4
+    assert any(o.startswith("objective.rpo_alpha=") for o in full.ddpo)
+    s = load_settings("ci", ["feedback.prompts=7", "ddpo=[objective.beta=0.5]"])
+    assert s.feedback.prompts == 7 and list(s.ddpo) == ["objective.beta=0.5"]
+    with pytest.raises(ValueError, match="size"):
+        load_settings("huge")
+    with pytest.raises(ValueError, match="key=value"):
+        load_settings("ci", ["oops"])
+
+
+def test_seeds_reuse_finished_reports_and_write_aggregate(tmp_path):
+    for s, accs in ((3, [0.0, 0.2, 0.2, 0.4, 0.0]), (4, [0.0, 0.4, 0.4, 0.6, 0.0])):
+        (tmp_path / f"seed_{s}").mkdir()
+        (tmp_path / f"seed_{s}" / "report.json").write_text(json.dumps(_report(s, accs, 5.0)))
+    rep = run_demo(tmp_path, size="ci", seed=3, seeds=2)  # nothing to train: both seeds are finished
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk == rep
+    assert rep["seeds"] == [3, 4]
+    assert rep["accuracy"]["ddpo"] == pytest.approx(0.5)
+    assert rep["accuracy_std"]["ddpo"] == pytest.approx(0.1)
+    for name in ("report.md", "accuracy.png", "stages.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "dsft_compute_matched" in (tmp_path / "report.md").read_text()
+
+
+def test_prompt_rendering_matches_training(tokenizer):
+    from zephyr.data.sft import tokenize_conversation
+
+    msgs = [{"role": "user", "content": "What is 12 + 30?"}]
+    ids = prompt_ids(tokenizer, msgs)
+    full = tokenize_conversation(tokenizer, [*msgs, {"role": "assistant", "content": "The answer is 42."}])
+    assert ids[0] == tokenizer.bos_token_id
+    assert full.input_ids[: len(ids)] == ids  # the generation prompt is the training prefix, token for token
+    assert full.labels[len(ids) - 1] == -100 and full.labels[len(ids)] != -100
