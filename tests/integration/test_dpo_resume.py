@@ -1,0 +1,73 @@
+"""kill -9 a DPO run mid-way, then ckpt_path=last: every later step's loss equals the uninterrupted run's."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.integration.helpers_train import REPO, run_train, train_cmd
+from tests.unit.dpo.helpers_dpo import export_tiny, pref_rows, write_jsonl
+
+STEPS = 16
+
+
+def losses(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return {int(float(r["step"])): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+@pytest.mark.slow
+def test_dpo_kill_and_resume_reproduces_loss_curve(tmp_path):
+    ckpt = export_tiny(tmp_path / "dsft")
+    data = write_jsonl(tmp_path / "prefs.jsonl", pref_rows(14))  # 14 / 4 -> 4 batches: crosses epochs
+    common = [
+        "+experiment=dpo_toy",
+        f"paths.root_dir={tmp_path}",
+        f"model.path={ckpt}",
+        "data=local_prefs",
+        f"data.path={data}",
+        "data.eval_size=0",
+        "data.batch_size=4",
+        "data.max_length=128",
+        "data.max_prompt_length=64",
+        "trainer.max_epochs=-1",
+        f"trainer.max_steps={STEPS}",
+        "trainer.log_every_n_steps=1",
+        "callbacks.model_checkpoint.every_n_train_steps=3",
+        "export=false",
+        "objective.optimizer.lr=1e-3",
+    ]
+    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
+    run_train(*common, f"paths.output_dir={ref_dir}")
+    reference = losses(ref_dir)
+    assert sorted(reference) == list(range(1, STEPS + 1))
+
+    proc = subprocess.Popen(
+        train_cmd(*common, f"paths.output_dir={kill_dir}"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    ckpt_dir = kill_dir / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(ckpt_dir.glob("step00000[6-9].ckpt")) and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = sorted(int(p.stem[4:]) for p in ckpt_dir.glob("step*.ckpt"))
+    assert saved and saved[-1] < STEPS, "the run finished before it could be killed"
+
+    run_train(*common, f"paths.output_dir={kill_dir}", "ckpt_path=last")
+    resumed = losses(kill_dir)
+    start = min(resumed)
+    assert start > 1 and start - 1 in saved  # resumed right after a saved step (last.ckpt), not from scratch
+    assert sorted(resumed) == list(range(start, STEPS + 1))
+    for step in range(start, STEPS + 1):
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-5), f"step {step}"
