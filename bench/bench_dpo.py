@@ -116,7 +116,9 @@ def zephyr_dpo_fit(tok, p: dict[str, Any], data_path: Path, cache_dir: Path, *, 
 
 
 def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
-    """Time ``steps`` DPO optimizer steps (after ``warmup``) of zephyr's DPOModule."""
+    """Time ``steps`` DPO optimizer steps (after ``warmup``) of zephyr's DPOModule (or a bare loop, see below)."""
+    if "layout" in p:
+        return run_zephyr_layout(p)
     setup_process(p["threads"])
     import tempfile
 
@@ -138,6 +140,76 @@ def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
         "ref_fill_s": fill_s,
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def run_zephyr_layout(p: dict[str, Any]) -> dict[str, Any]:
+    """A bare DPO loop (no Lightning) in one batch layout, to measure what prefix sharing gains.
+
+    ``p["layout"]``: ``concat`` (:func:`zephyr.data.preference_module.collate_pairs`, 2B rows, the DPOModule's
+    layout) or ``prefix`` (:func:`zephyr.data.prefix_share.collate_pairs_prefix_shared`, B rows). Each step:
+    collate, policy forward, chunked completion log-probs, sigmoid DPO loss against reference log-probs computed
+    beforehand (untimed, as with the cache), backward, AdamW step. Same pairs, same order for both layouts.
+    """
+    setup_process(p["threads"])
+    import torch
+
+    from zephyr.data.preference import tokenize_pair
+    from zephyr.data.preference_module import collate_pairs
+    from zephyr.data.prefix_share import collate_pairs_prefix_shared
+    from zephyr.modules.reference import pair_logps
+    from zephyr.objectives.dpo import preference_loss
+    from zephyr.objectives.prefix_share import prefix_shared_logps
+    from zephyr.tokenizer import load_tokenizer
+
+    if p["layout"] not in ("concat", "prefix"):
+        raise ValueError(f"bench layout {p['layout']!r} must be 'concat' or 'prefix'")
+    tok = load_tokenizer()
+    rows = preference_rows(tok, num_pairs(p), SEED, PROMPT_TOKENS, COMPLETION_TOKENS)
+    items = []
+    for i, row in enumerate(rows):
+        ex = tokenize_pair(tok, row, max_length=p["max_length"], max_prompt_length=p["max_length"] // 2)
+        items.append(
+            {
+                "prompt": ex["prompt_input_ids"],
+                "chosen": ex["chosen_input_ids"],
+                "rejected": ex["rejected_input_ids"],
+                "index": i,
+            }
+        )
+    model = build_policy(p["model_config"])
+    head = model.get_output_embeddings()
+    bs = p["batch_size"]
+    batches = [items[k : k + bs] for k in range(0, len(items), bs)]
+
+    def logps(group):
+        if p["layout"] == "concat":
+            batch = collate_pairs(group, pad_id=tok.pad_token_id)
+            return pair_logps(model, batch).logps, int(batch["num_tokens"])
+        batch = collate_pairs_prefix_shared(group, pad_id=tok.pad_token_id)
+        hidden = model.base_model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=batch["attention_mask"],
+            use_cache=False,
+        ).last_hidden_state
+        out = prefix_shared_logps(hidden, head.weight, batch["chosen_targets"], batch["rejected_targets"])
+        return out.logps, int(batch["num_pair_tokens"])
+
+    with torch.no_grad():
+        refs = [logps(g)[0] for g in batches]
+    opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+    clock = StepClock()
+    clock.start()
+    for group, ref in zip(batches, refs):
+        b = len(group)
+        policy, tokens = logps(group)
+        losses, _, _ = preference_loss(policy[:b], policy[b:], ref[:b], ref[b:], beta=0.1)
+        losses.mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        clock.step_end(tokens)
+    s = clock.summary(p["warmup"])
+    return {**s, "cached_tokens_per_s": s["tokens_per_s"], "ref_fill_s": 0.0, "peak_rss_mb": peak_rss_mb()}
 
 
 def trl_dpo_train(tok, p: dict[str, Any], rows: list[dict[str, Any]], *, beta: float, clock: StepClock | None):

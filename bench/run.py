@@ -126,7 +126,12 @@ def _median(xs: list[float]) -> float:
 
 ABLATIONS = {
     "sft": {"no_chunked_loss": {"chunked_loss": False}, "no_packing": {"packing": False}},
-    "dpo": {"no_chunked_loss": {"chunked_loss": False}, "live_reference": {"reference": "live"}},
+    "dpo": {
+        "no_chunked_loss": {"chunked_loss": False},
+        "live_reference": {"reference": "live"},
+        "bare_loop_concat_layout": {"layout": "concat"},
+        "bare_loop_prefix_shared": {"layout": "prefix"},
+    },
 }
 
 
