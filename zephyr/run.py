@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,65 +20,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zephyr.callbacks import AtomicCheckpointIO, MetricsFileCallback, atomic_write_text
+from zephyr.secrets import redact, scrub, scrub_run_files, secret_values
 from zephyr.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
-REDACTED = "***"
-
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key."""
-
-
-def redact(obj: Any) -> Any:
-    """Copy of a config container with the value of every key that looks secret replaced by ``***``."""
-    if isinstance(obj, dict):
-        return {k: (REDACTED if SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
-
-
-def secret_values(cfg: DictConfig, overrides: list[str]) -> list[str]:
-    """Values of secret-looking keys given in the config or on the command line (to scrub them from dumps)."""
-    values = []
-    for o in overrides:
-        key, _, value = o.lstrip("+~").partition("=")
-        if SECRET_KEY.search(key) and value:
-            values.append(value)
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if SECRET_KEY.search(str(k)) and isinstance(v, str) and v:
-                    values.append(v)
-                else:
-                    walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(OmegaConf.to_container(cfg, resolve=False))
-    return sorted(set(values), key=len, reverse=True)
-
-
-def scrub(text: str, secrets: list[str]) -> str:
-    for value in secrets:
-        text = text.replace(value, REDACTED)
-    return text
-
-
-def scrub_run_files(out: Path, secrets: list[str]) -> None:
-    """Rewrite Hydra's saved config/overrides (and argv, which W&B records) without secret values."""
-    if not secrets:
-        return
-    for f in (out / ".hydra").glob("*.yaml"):
-        text = f.read_text()
-        if any(v in text for v in secrets):
-            atomic_write_text(f, scrub(text, secrets))
-    sys.argv[:] = [scrub(a, secrets) for a in sys.argv]
 
 
 def check_required(cfg: DictConfig) -> None:
@@ -268,7 +215,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             export_model = model_to_export(trainer, module.model)  # every rank: sharded weights are gathered
             if trainer.is_global_zero:
                 target = export_hf(
-                    export_model, tokenizer, out / "model", dtype=cfg.get("export_dtype"),
+                    export_model,
+                    tokenizer,
+                    out / "model",
+                    dtype=cfg.get("export_dtype"),
                     metadata={"metrics": metrics, "overrides": [scrub(o, secrets) for o in _overrides()]},
                 )
                 log.info("exported the model to %s", target)

@@ -27,6 +27,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from zephyr.secrets import REDACTED, SECRET_KEY  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 HIDDEN_KEYS = ("experiment", "sweep", "hydra", "paths.root_dir", "paths.output_dir")
@@ -48,6 +50,8 @@ def run_name(overrides: list[str]) -> str | None:
         key, value = _split(o)
         if key.startswith(HIDDEN_KEYS):
             continue
+        if SECRET_KEY.search(key):
+            value = REDACTED
         parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
     return ",".join(parts) or None
 

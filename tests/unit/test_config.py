@@ -6,7 +6,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from zephyr.run import ConfigError, check_required, redact
+from zephyr.run import ConfigError, check_required
+from zephyr.secrets import redact
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 # groups whose options need something this machine lacks (a plugin, a GPU, a hub download) to instantiate;
