@@ -10,6 +10,13 @@ prompt_1 + rejected_1, ...]`` (TRL's ``concatenated_forward`` order), laid out b
 2-D attention mask, so chosen and rejected go through the model in ONE forward, the same code path as dSFT.
 ``index`` carries each pair's position in the split so precomputed reference log-probs can be looked up.
 
+``layout="prefix_shared"`` (the default, ``data.layout``) instead lays out each pair as ONE row ``[prompt,
+chosen, rejected]`` with a 4-D segment mask (:mod:`zephyr.data.prefix_share`), so each prompt goes through the
+model once; the log-probs equal the concatenated layout's within 1e-5. It costs a ``(B, 1, T, T)`` boolean mask
+per batch (T ≈ prompt + chosen + rejected) and cannot run under FlashAttention-2, where
+:class:`zephyr.modules.dpo.DPOModule` switches the data module back to ``concat``. ``num_tokens`` counts
+``2·prompt + chosen + rejected`` per pair in both layouts, so throughput figures are comparable.
+
 The embedded default (``conf/data/toy_prefs.yaml``) runs the real feedback pipeline on toy-world questions: the
 student pool (:func:`zephyr.toy.default_pool`) answers, the verifier judge writes UltraFeedback ratings
 (:func:`zephyr.feedback.complete.collect_feedback`) and :func:`zephyr.feedback.binarize.binarize` picks chosen =
@@ -34,9 +41,11 @@ from zephyr.data.collate import IGNORE_INDEX, collate_rows
 from zephyr.data.io import DataError, RowReport
 from zephyr.data.module import ChatDataModule
 from zephyr.data.preference import tokenize_pair, validate_pair
+from zephyr.data.prefix_share import collate_pairs_prefix_shared
 
 log = logging.getLogger(__name__)
 
+LAYOUTS = ("concat", "prefix_shared")
 TOY_FEEDBACK_VERSION = 1  # bump when the toy pair recipe below changes, so old cached pairs are not reused
 
 
@@ -104,6 +113,26 @@ def collate_pairs(items: list[dict[str, Any]], pad_id: int, pad_to_multiple_of: 
     return batch
 
 
+def collate_pairs_shared(
+    items: list[dict[str, Any]], pad_id: int, pad_to_multiple_of: int = 8
+) -> dict[str, torch.Tensor]:
+    """Lay out B tokenised pairs as B prefix-shared rows ``[prompt, chosen, rejected]``.
+
+    :func:`zephyr.data.prefix_share.collate_pairs_prefix_shared`, with ``num_tokens`` set to the pair token count
+    (``2·prompt + chosen + rejected``, what the concatenated layout's ``num_tokens`` counts) so logged
+    throughput does not change meaning with the layout; the tokens actually in the rows are ``num_row_tokens``.
+
+    Returns:
+        ``input_ids``, ``position_ids``, ``chosen_targets``, ``rejected_targets``: ``(B, T)``;
+        ``attention_mask``: ``(B, 1, T, T)`` bool; ``index``: ``(B,)``; ``num_tokens``, ``num_pair_tokens``,
+        ``num_row_tokens``: ``()``.
+    """
+    batch = collate_pairs_prefix_shared(items, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
+    batch["num_row_tokens"] = batch["num_tokens"]
+    batch["num_tokens"] = batch["num_pair_tokens"]
+    return batch
+
+
 def examples_fingerprint(items: list[dict[str, Any]]) -> str:
     """SHA-256 over the token ids of every pair, in order: changes with the data, tokenizer or truncation."""
     h = hashlib.sha256()
@@ -123,6 +152,7 @@ class PreferenceDataModule(ChatDataModule):
         max_prompt_length: longest prompt after left truncation (the recipe: 512).
         insert_empty_system: prepend an empty system turn to prompts without one (the recipe's choice).
         cache_dir: where the built-in toy pairs are cached (``None``: rebuilt each run).
+        layout: ``prefix_shared`` (one row per pair, each prompt run once) or ``concat`` (2B rows); see above.
         **kwargs: see :class:`zephyr.data.module.ChatDataModule` (``path``, ``name``, ``split``, ``eval_split``,
             ``eval_size``, ``batch_size`` in pairs, ``on_bad_row``, ``toy: {n, seed}``, ...).
     """
@@ -135,8 +165,11 @@ class PreferenceDataModule(ChatDataModule):
         max_prompt_length: int = 512,
         insert_empty_system: bool = True,
         cache_dir: str | None = None,
+        layout: str = "prefix_shared",
         **kwargs: Any,
     ):
+        if layout not in LAYOUTS:
+            raise ValueError(f"data.layout={layout!r} must be one of {', '.join(LAYOUTS)}")
         if not 1 < max_prompt_length < max_length:
             raise ValueError(
                 f"data.max_prompt_length={max_prompt_length} must be > 1 and < data.max_length={max_length}"
@@ -147,6 +180,7 @@ class PreferenceDataModule(ChatDataModule):
         self.max_prompt_length = max_prompt_length
         self.insert_empty_system = insert_empty_system
         self.cache_dir = cache_dir
+        self.layout = layout
         self.load_reports: list[RowReport] = []
 
     def builtin_rows(self) -> list[dict[str, Any]]:
@@ -201,7 +235,9 @@ class PreferenceDataModule(ChatDataModule):
 
     @property
     def collate(self):
-        return partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
+        """The batch collator of ``self.layout`` (read when a loader is built, so a layout switch takes effect)."""
+        fn = collate_pairs_shared if self.layout == "prefix_shared" else collate_pairs
+        return partial(fn, pad_id=self.tokenizer.pad_token_id)
 
     def fingerprint(self, split: str) -> str:
         """Fingerprint of the tokenised ``train`` or ``eval`` pairs (call after ``setup``)."""
@@ -215,4 +251,11 @@ class PreferenceDataModule(ChatDataModule):
         return Path(self.path).expanduser().resolve().parent if self.path else None
 
 
-__all__ = ["PreferenceDataModule", "collate_pairs", "examples_fingerprint", "toy_preference_rows"]
+__all__ = [
+    "LAYOUTS",
+    "PreferenceDataModule",
+    "collate_pairs",
+    "collate_pairs_shared",
+    "examples_fingerprint",
+    "toy_preference_rows",
+]

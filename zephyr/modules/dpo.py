@@ -2,9 +2,12 @@
 
 One training step (Rafailov et al. 2023, arXiv 2305.18290; TRL ``DPOTrainer``):
 
-1. chosen and rejected rows of the batch go through the policy in ONE forward (``(2B, T)``, padding-free), and
-   :func:`zephyr.modules.reference.pair_logps` gives the summed completion log-probs (the mean for IPO, whose
-   fixed target ``1/(2β)`` only makes sense for length-averaged log-probs; TRL ≥ 0.8 does the same);
+1. chosen and rejected completions of the batch go through the policy in ONE forward (``data.layout``:
+   ``prefix_shared``, one row ``[prompt, chosen, rejected]`` per pair with a 4-D mask, each prompt run once; or
+   ``concat``, ``(2B, T)`` padding-free rows; under FlashAttention-2 the module switches the data to ``concat``,
+   which needs no mask), and :func:`zephyr.modules.reference.pair_logps` gives the summed completion log-probs
+   (the mean for IPO, whose fixed target ``1/(2β)`` only makes sense for length-averaged log-probs; TRL ≥ 0.8
+   does the same);
 2. the reference log-probs come from the on-disk cache (default; the reference model is built only to fill it,
    and not at all when it is warm) or from a live frozen copy (``reference.mode=live``);
 3. :func:`zephyr.objectives.dpo.preference_loss` (sigmoid/cDPO, ipo, hinge, robust), plus ``rpo_alpha`` × the
@@ -150,6 +153,13 @@ class DPOModule(ZephyrModule):
         """
         self._load_reference = load_model
         self._datamodule = datamodule
+        attn = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
+        if attn == "flash_attention_2" and getattr(datamodule, "layout", "concat") == "prefix_shared":
+            log.warning(
+                "data.layout=prefix_shared needs a 4-D attention mask, which flash_attention_2 does not take; "
+                "using concat"
+            )
+            datamodule.layout = "concat"
         self._cache = RefLogpsCache(cache_dir) if cache_dir else None
         self._ref_key_base = {
             "weights": weights_fingerprint,
@@ -240,7 +250,7 @@ class DPOModule(ZephyrModule):
         return table["chosen"][idx].to(self.device), table["rejected"][idx].to(self.device)
 
     def compute(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss and TRL metrics (unprefixed names) for a batch from ``collate_pairs``."""
+        """Loss and TRL metrics (unprefixed names) for a preference batch in either layout (see ``pair_logps``)."""
         b = batch["index"].shape[0]
         out = pair_logps(
             self.model, batch, average=self.average, chunked=self.chunked_loss, chunk_size=self.loss_chunk_size

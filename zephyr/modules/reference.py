@@ -10,6 +10,9 @@ cache is warm the reference model is never built: no second copy of the weights 
   files, memoised by size and mtime; or of the state dict for a random-init model), tokenizer fingerprint
   (vocab, special tokens, chat template), data fingerprint (the tokenised pairs), ``max_length``,
   ``max_prompt_length``, ``average`` (IPO uses length-averaged log-probs), reference dtype and precision.
+  Not the batch layout (``data.layout``): the concatenated and prefix-shared layouts give the same log-probs
+  within 1e-5 (``tests/unit/perf/test_prefix_share.py``), far below what DPO's loss can tell apart, so a cache
+  filled in one layout is reused by the other.
 * Writes go to a temporary file in the same folder, then ``os.replace``: two sweep jobs filling the same entry
   at once each write a complete file and the last rename wins; a reader never sees a torn file. A file whose
   stored key does not match (or that does not parse) is treated as a miss.
@@ -39,6 +42,7 @@ from zephyr.objectives.logprobs import (
     completion_logps,
     token_logps_from_hidden,
 )
+from zephyr.objectives.prefix_share import prefix_shared_logps
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,20 @@ CACHE_FORMAT = 1
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
-# ---- the concatenated forward (policy and reference share it) --------------------------------------------------
+# ---- the pair forward (policy and reference share it) ----------------------------------------------------------
+def _as_labels(targets: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` targets predicted at ``t`` -> labels whose ``[:, t + 1]`` is predicted at ``t``."""
+    return torch.nn.functional.pad(targets[:, :-1], (1, 0), value=-100)
+
+
+def _full_logits_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool) -> SequenceLogps:
+    """:class:`SequenceLogps` from full ``(N, T, V)`` logits and ``(N, T)`` labels."""
+    counts = (labels[:, 1:] != -100).sum(-1)
+    return SequenceLogps(
+        completion_logps(logits, labels, average=average), counts, completion_logits_sum(logits, labels)
+    )
+
+
 def pair_logps(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -55,20 +72,58 @@ def pair_logps(
     chunked: bool = True,
     chunk_size: int = 1024,
 ) -> SequenceLogps:
-    """Completion log-probs of all 2B rows of a padding-free preference batch in one forward pass.
+    """Completion log-probs of the chosen and rejected completions of a preference batch in one forward pass.
+
+    Two batch layouts (:class:`zephyr.data.preference_module.PreferenceDataModule` ``layout``):
+
+    * concatenated (:func:`zephyr.data.preference_module.collate_pairs`): ``input_ids``, ``position_ids``,
+      ``labels``, all ``(2B, T)``, padding-free, no attention mask;
+    * prefix-shared (:func:`zephyr.data.preference_module.collate_pairs_shared`, recognised by
+      ``chosen_targets``): ``input_ids``, ``position_ids``, ``chosen_targets``, ``rejected_targets``
+      ``(B, T)`` and a ``(B, 1, T, T)`` boolean ``attention_mask``; scored by
+      :func:`zephyr.objectives.prefix_share.prefix_shared_logps` (log-probs equal to the concatenated layout's
+      within 1e-5). Needs an attention kernel that takes a 4-D mask (sdpa, eager; not FlashAttention-2).
 
     Args:
         model: a causal LM with ``base_model`` and an output embedding (``lm_head``).
-        batch: from :func:`zephyr.data.preference_module.collate_pairs`: ``input_ids``, ``position_ids``,
-            ``labels``, all ``(2B, T)``.
+        batch: a batch in either layout.
         average: per-row mean instead of sum (IPO).
-        chunked: project onto the vocabulary only at counted positions (no ``(2B, T, V)`` logits).
+        chunked: project onto the vocabulary only at counted positions (no ``(rows, T, V)`` logits).
         chunk_size: counted positions per projection chunk.
 
     Returns:
-        :class:`SequenceLogps` of ``(2B,)`` tensors: rows ``[:B]`` chosen, ``[B:]`` rejected.
+        :class:`SequenceLogps` of ``(2B,)`` tensors: rows ``[:B]`` chosen, ``[B:]`` rejected, in both layouts.
+
+    Raises:
+        ValueError: a prefix-shared batch for a model running FlashAttention-2 (which ignores 4-D masks).
     """
-    ids, pos, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
+    ids, pos = batch["input_ids"], batch["position_ids"]
+    if "chosen_targets" in batch:
+        attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        if attn == "flash_attention_2":
+            raise ValueError(
+                "a prefix-shared preference batch needs a 4-D attention mask, which flash_attention_2 does not "
+                "take: set data.layout=concat (or hardware.attn_implementation=sdpa)"
+            )
+        mask, chosen_t, rejected_t = batch["attention_mask"], batch["chosen_targets"], batch["rejected_targets"]
+        if chunked:
+            hidden = model.base_model(
+                input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False
+            ).last_hidden_state  # (B, T, H)
+            head = model.get_output_embeddings()
+            return prefix_shared_logps(
+                hidden,
+                head.weight,
+                chosen_t,
+                rejected_t,
+                lm_head_bias=head.bias,
+                chunk_size=chunk_size,
+                average=average,
+            )
+        logits = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits  # (B, T, V)
+        outs = [_full_logits_logps(logits, _as_labels(t), average) for t in (chosen_t, rejected_t)]
+        return SequenceLogps(*(torch.cat([c, r]) for c, r in zip(outs[0], outs[1])))
+    labels = batch["labels"]
     if chunked:
         hidden = model.base_model(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state  # (2B, T, H)
         head = model.get_output_embeddings()
@@ -76,10 +131,7 @@ def pair_logps(
             hidden, head.weight, labels, lm_head_bias=head.bias, chunk_size=chunk_size, average=average
         )
     logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits  # (2B, T, V)
-    counts = (labels[:, 1:] != -100).sum(-1)
-    return SequenceLogps(
-        completion_logps(logits, labels, average=average), counts, completion_logits_sum(logits, labels)
-    )
+    return _full_logits_logps(logits, labels, average)
 
 
 class FrozenReference:
@@ -102,7 +154,7 @@ class FrozenReference:
     def logps(
         self, batch: dict[str, torch.Tensor], *, average: bool, chunked: bool = True, chunk_size: int = 1024
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(ref_chosen_logps, ref_rejected_logps)``, each ``(B,)`` fp32, for a 2B-row batch."""
+        """``(ref_chosen_logps, ref_rejected_logps)``, each ``(B,)`` fp32, for a batch in either layout."""
         self.model.eval()
         self.forwards += 1
         out = pair_logps(self.model, batch, average=average, chunked=chunked, chunk_size=chunk_size)

@@ -48,7 +48,8 @@ def trainer(steps: int) -> pl.Trainer:
     )
 
 
-def test_batch_is_2b_padding_free_rows_chosen_first(dm):
+def test_batch_is_2b_padding_free_rows_chosen_first(tok, tmp_path):
+    dm = make_datamodule(tok, write_jsonl(tmp_path / "prefs.jsonl", pref_rows(8)), layout="concat")
     items = dm.train_items[:3]
     batch = dm.collate(items)
     assert batch["input_ids"].shape[0] == 6 and batch["index"].tolist() == [it["index"] for it in items]
@@ -66,10 +67,15 @@ def test_batch_is_2b_padding_free_rows_chosen_first(dm):
     assert items[0]["prompt"][0] == 1 and 2 in items[0]["chosen"]
 
 
-def test_concatenated_forward_equals_each_sequence_alone(ckpt, dm):
-    """Padding-free rows (no 2-D mask) give the same log-probs as running every sequence unpadded by itself."""
+@pytest.mark.parametrize("layout", ["concat", "prefix_shared"])
+def test_concatenated_forward_equals_each_sequence_alone(ckpt, tok, tmp_path, layout):
+    """Both batch layouts give the same log-probs as running every sequence unpadded by itself.
+
+    concat: padding-free 2B rows, no mask; prefix_shared: B rows [prompt, chosen, rejected] with a 4-D mask.
+    """
     from zephyr.models.mistral import build_model
 
+    dm = make_datamodule(tok, write_jsonl(tmp_path / "prefs.jsonl", pref_rows(8)), layout=layout)
     model = build_model(str(ckpt)).eval()
     items = dm.train_items[:4]
     batch = dm.collate(items)
