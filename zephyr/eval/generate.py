@@ -251,7 +251,7 @@ class Generator:
             temperature: 0 for greedy decoding.
             top_p: nucleus mass for sampling.
             max_tokens: at most this many new tokens per row.
-            seed: ``torch.manual_seed`` before generating (sampling only).
+            seed: seeds torch's generator for this call (the global RNG state is restored afterwards).
             stop: strings that end a completion (cut after generation).
 
         Returns:
@@ -269,9 +269,9 @@ class Generator:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if seed is not None:
-            torch.manual_seed(seed)
-        with self.lock:
+        with self.lock, torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(int(seed))
             out = self.model.generate(
                 input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
             )

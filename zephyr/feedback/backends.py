@@ -7,7 +7,8 @@ The SDK's own retries are switched off (``max_retries=0``) so that ours, exponen
 on 429 / 5xx / timeouts / connection errors, are the only ones and are counted (``stats``).
 
 ``LocalCheckpointBackend`` loads an exported Hugging Face checkpoint folder and generates with its chat template
-(``add_generation_prompt=True``), left-padded batches through ``chat_batch`` for throughput.
+(``add_generation_prompt=True``), left-padded batches through ``chat_batch`` for throughput; the generation itself
+is ``zephyr.eval.generate.Generator``, the same code ``zephyr serve`` and ``zephyr generate`` run.
 
 ``build_backend(spec)`` turns a config dict ``{type: openai|local|toy_teacher|toy_student|toy_judge|toy_user, ...}``
 (or a Hydra ``_target_`` dict) into a backend; ``build_pool(spec)`` does the same for a completion pool.
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from zephyr.chat import ChatBackend, ChatResponse
+from zephyr.eval.generate import GeneratorBackend
 
 log = logging.getLogger(__name__)
 
@@ -177,19 +179,23 @@ class OpenAIBackend:
         raise AssertionError("unreachable")
 
 
-class LocalCheckpointBackend:
+class LocalCheckpointBackend(GeneratorBackend):
     """A local Hugging Face checkpoint folder answering through its chat template.
 
+    A thin ``ChatBackend`` over ``zephyr.eval.generate.Generator`` (the one implementation of local generation,
+    shared with ``zephyr serve`` and ``zephyr generate``): prompts are the checkpoint's chat template with the
+    generation prompt and BOS, batches are left-padded, and ``chat`` is ``chat_batch`` of one conversation so
+    both give the same text for the same seed.
+
     Args:
-        path: folder with ``config.json``, weights and a tokenizer whose config has a chat template.
+        path: folder with ``config.json``, weights and a tokenizer (the Zephyr template when it has none).
         name: name recorded in datasets (default: the folder name).
         device: torch device string.
         dtype: ``float32`` | ``bfloat16`` | ``float16``.
-        batch_size: prompts per ``generate`` call in ``chat_batch``.
+        batch_size: conversations per ``generate`` call in ``chat_batch``.
 
     Raises:
         FileNotFoundError: when ``path`` is not a folder with ``config.json``.
-        ValueError: when the tokenizer has no chat template.
     """
 
     def __init__(
@@ -202,24 +208,11 @@ class LocalCheckpointBackend:
     ):
         from pathlib import Path
 
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from zephyr.eval.generate import Generator
 
-        p = Path(path)
-        if not (p / "config.json").is_file():
-            raise FileNotFoundError(f"{p}: not a checkpoint folder (no config.json)")
-        self.path = str(p)
-        self.name = name or p.name
+        super().__init__(Generator.from_dir(path, device=device, dtype=dtype), name=name or Path(path).name)
+        self.path = str(path)
         self.batch_size = int(batch_size)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"{p}: the tokenizer has no chat template")
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype).to(device).eval()
-        self.device = device
-        self._lock = threading.Lock()  # one generate at a time: the model is not thread-safe
 
     def __repr__(self) -> str:
         return f"LocalCheckpointBackend(path={self.path!r})"
@@ -240,69 +233,42 @@ class LocalCheckpointBackend:
         seed: int | None = None,
         stop: list[str] | None = None,
     ) -> list[ChatResponse]:
-        """Answer several conversations in left-padded batches of ``batch_size``.
+        """Answer several conversations, ``batch_size`` conversations (times ``n`` rows) per ``generate`` call.
 
         Args:
             batch: conversations, each ``[{"role", "content"}, ...]``.
-            temperature: 0 means greedy decoding.
+            temperature: 0 (below 1e-4) means greedy decoding.
             top_p: nucleus sampling mass.
             max_tokens: new tokens per completion; generation also stops at eos.
             n: completions per conversation.
-            seed: seeds torch's generator for this call (the global RNG state is restored afterwards).
+            seed: chunk ``k`` (starting at conversation ``k``) is generated with seed ``seed + k``; the global
+                RNG state is restored afterwards.
             stop: strings that cut a completion (finish reason ``stop``).
 
         Returns:
-            One ``ChatResponse`` per conversation, in order.
+            One ``ChatResponse`` per conversation, in order; texts are stripped of surrounding whitespace.
         """
-        import torch
-
-        tok = self.tokenizer
+        n = int(n)
         out: list[ChatResponse] = []
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start : start + self.batch_size]
-            texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in chunk]
-            # The chat template already writes <s>; adding special tokens again would double it.
-            enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-            enc = {k: v.to(self.device) for k, v in enc.items()}
-            gen_kwargs: dict[str, Any] = dict(
-                max_new_tokens=int(max_tokens),
-                num_return_sequences=int(n),
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
+            done = self.generator.generate_batch(
+                [m for m in chunk for _ in range(n)],  # n rows per conversation, as num_return_sequences lays out
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=int(max_tokens),
+                seed=None if seed is None else int(seed) + start,
+                stop=stop,
             )
-            if temperature and temperature > 0:
-                gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p))
-            else:
-                gen_kwargs.update(do_sample=False)
-            with self._lock, torch.random.fork_rng(devices=[]), torch.no_grad():
-                if seed is not None:
-                    torch.manual_seed(int(seed) + start)
-                seqs = self.model.generate(**enc, **gen_kwargs)
-            prompt_len = enc["input_ids"].shape[1]
-            new = seqs[:, prompt_len:]  # (B * n, T_new)
             for i in range(len(chunk)):
-                resp_texts, reasons, n_tokens = [], [], 0
-                for j in range(n):
-                    ids = new[i * n + j].tolist()
-                    if tok.eos_token_id in ids:
-                        ids = ids[: ids.index(tok.eos_token_id)]
-                        reason = "stop"
-                    else:
-                        reason = "length"
-                    n_tokens += len(ids)
-                    text = tok.decode(ids, skip_special_tokens=True)
-                    for s in stop or []:
-                        if s and s in text:
-                            text, reason = text[: text.index(s)], "stop"
-                    resp_texts.append(text.strip())
-                    reasons.append(reason)
+                mine = done[i * n : (i + 1) * n]
                 out.append(
                     ChatResponse(
-                        texts=resp_texts,
-                        prompt_tokens=int(enc["attention_mask"][i].sum()),
-                        completion_tokens=n_tokens,
+                        texts=[c.text.strip() for c in mine],
+                        prompt_tokens=mine[0].prompt_tokens,
+                        completion_tokens=sum(c.completion_tokens for c in mine),
                         model=self.name,
-                        finish_reasons=reasons,
+                        finish_reasons=[c.finish_reason for c in mine],
                     )
                 )
         return out
