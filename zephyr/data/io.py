@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,41 @@ class RowReport:
         return "; ".join(parts)
 
 
+def read_jsonl_numbered(
+    path: str | os.PathLike, *, where: str = "{path}:{line}", error: type[ValueError] = ValueError
+) -> list[tuple[int, dict[str, Any]]]:
+    """Read a ``.jsonl`` file of JSON objects, keeping each row's 1-based line number (blank lines skipped).
+
+    Args:
+        path: the file.
+        where: how an error names the place, formatted with ``path`` and ``line`` (``"{path}: row {line}"`` for
+            the data loaders' wording).
+        error: the ``ValueError`` subclass raised.
+
+    Returns:
+        ``(line_number, row)`` pairs in file order.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError (``error``): a line that is not JSON or not an object, naming the file and line.
+    """
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                place = where.format(path=path, line=line_no)
+                raise error(f"{place}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                place = where.format(path=path, line=line_no)
+                raise error(f"{place}: expected a JSON object, got {type(row).__name__}")
+            rows.append((line_no, row))
+    return rows
+
+
 def read_local_rows(path: str | Path) -> list[dict[str, Any]]:
     """Read all rows of a local ``.jsonl``, ``.json`` (a list of objects) or ``.parquet`` file.
 
@@ -66,19 +102,7 @@ def read_local_rows(path: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"data file not found: {p}")
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
-        rows = []
-        with p.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{p}: row {i}: not valid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{p}: row {i}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
-        return rows
+        return [row for _, row in read_jsonl_numbered(p, where="{path}: row {line}", error=DataError)]
     if suffix == ".json":
         try:
             data = json.loads(p.read_text(encoding="utf-8"))

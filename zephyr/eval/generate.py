@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from zephyr.chat import ChatResponse
+from zephyr.data.io import read_jsonl_numbered
 
 GREEDY_BELOW = 1e-4  # FastChat's rule: temperature < 1e-4 means greedy
 
@@ -321,23 +322,6 @@ class GeneratorBackend:
         )
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a jsonl file; a bad line raises ``ValueError`` naming the file and line number."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
-
-
 def input_conversation(row: dict[str, Any], where: str) -> list[dict[str, str]]:
     """The conversation to answer for one input row: its ``messages`` or ``[{"role": "user", "content": prompt}]``.
 
@@ -394,19 +378,18 @@ def generate_file(
     Returns:
         ``{"total", "skipped", "generated"}`` row counts.
     """
-    rows = read_jsonl(input_path)
     todo: list[tuple[str, list[dict[str, str]]]] = []
     seen_ids: set[str] = set()
-    for i, row in enumerate(rows):
+    for i, (line_no, row) in enumerate(read_jsonl_numbered(input_path)):
         rid = row_id(row, i)
         if rid in seen_ids:
-            raise ValueError(f"{input_path}:{i + 1}: duplicate id {rid!r}")
+            raise ValueError(f"{input_path}:{line_no}: duplicate id {rid!r}")
         seen_ids.add(rid)
-        todo.append((rid, input_conversation(row, f"{input_path}:{i + 1}")))
+        todo.append((rid, input_conversation(row, f"{input_path}:{line_no}")))
     out = Path(output_path)
     done: set[str] = set()
     if out.exists():
-        done = {str(r.get("id")) for r in read_jsonl(out)}
+        done = {str(r.get("id")) for _, r in read_jsonl_numbered(out)}
     pending = [t for t in todo if t[0] not in done]
     out.parent.mkdir(parents=True, exist_ok=True)
     from rich.progress import Progress

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from zephyr.chat import ChatBackend
+from zephyr.data.io import read_jsonl_numbered
 
 TEMPERATURE_CONFIG = {
     "writing": 0.7,
@@ -61,22 +62,6 @@ def default_question_file() -> Path:
 # --------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------
-def _read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            out.append((lineno, row))
-    return out
-
-
 def load_questions(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Read a FastChat ``question.jsonl`` (default: the built-in set).
 
@@ -88,7 +73,7 @@ def load_questions(path: str | os.PathLike | None = None) -> list[dict[str, Any]
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: question file not found")
     questions, seen = [], set()
-    for lineno, row in _read_jsonl(path):
+    for lineno, row in read_jsonl_numbered(path):
         where = f"{path}:{lineno}"
         qid = row.get("question_id")
         if not isinstance(qid, (int, str)) or isinstance(qid, bool):
@@ -118,7 +103,7 @@ def load_answers(path: str | os.PathLike) -> dict[Any, dict[str, Any]]:
             ``choices[0].turns`` (a list of strings).
     """
     out: dict[Any, dict[str, Any]] = {}
-    for lineno, row in _read_jsonl(path):
+    for lineno, row in read_jsonl_numbered(path):
         where = f"{path}:{lineno}"
         if "question_id" not in row or "model_id" not in row:
             raise ValueError(f"{where}: answer rows need 'question_id' and 'model_id'")
@@ -482,7 +467,7 @@ def judge_single(
     existing: dict[tuple, dict[str, Any]] = {}
     out = Path(out_path) if out_path is not None else None
     if out is not None and out.exists():
-        for _, r in _read_jsonl(out):
+        for _, r in read_jsonl_numbered(out):
             existing[(r["question_id"], r["model"], r["judge"][0], r["turn"])] = r
     rows, new = [], []
     with Progress(disable=not progress, transient=True) as bar:

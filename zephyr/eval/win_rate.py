@@ -43,12 +43,12 @@ def load_answer_set(path: str | os.PathLike, questions: Sequence[dict[str, Any]]
         ValueError: naming file and line for a row of none of these shapes, or a FastChat row whose
             question is not in ``questions``.
     """
-    from zephyr.eval.generate import read_jsonl
+    from zephyr.data.io import read_jsonl_numbered
 
     by_qid = {str(q["question_id"]): q for q in (questions or [])}
     out: dict[str, dict] = {}
-    for i, row in enumerate(read_jsonl(path)):
-        where = f"{path}:{i + 1}"
+    for line_no, row in read_jsonl_numbered(path):
+        where = f"{path}:{line_no}"
         if "choices" in row and "question_id" in row:
             q = by_qid.get(str(row["question_id"]))
             if q is None:

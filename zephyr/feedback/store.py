@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from zephyr.data.io import read_jsonl_numbered
+
 log = logging.getLogger(__name__)
 
 Key = tuple[str, ...]
@@ -208,17 +210,8 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL dataset file; a bad line raises naming the file and line."""
+    """Read a JSONL dataset file of objects; a bad line raises ``ValueError`` naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-    return rows
+    return [row for _, row in read_jsonl_numbered(path)]
