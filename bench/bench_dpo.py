@@ -66,6 +66,7 @@ def zephyr_dpo_fit(tok, p: dict[str, Any], data_path: Path, cache_dir: Path, *, 
         max_length=p["max_length"],
         max_prompt_length=p["max_length"] // 2,
         seed=SEED,
+        layout=p.get("data_layout", "prefix_shared"),
     )
     dm.setup("fit")
     model = build_policy(p["model_config"])

@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--points", type=int, default=5, help="beta values in the sweep (at most 5)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument(
+        "--dpo-layout",
+        choices=("prefix_shared", "concat"),
+        default="prefix_shared",
+        help="zephyr's DPO batch layout (data.layout): one row per pair, or 2B concatenated rows",
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch threads in every worker")
     ap.add_argument("--tiny", action="store_true", help="a 1-layer, hidden-32 model (smoke tests)")
     ap.add_argument("--skip-trl", action="store_true", help="measure zephyr only (TRL values are null)")
@@ -129,6 +135,7 @@ ABLATIONS = {
     "dpo": {
         "no_chunked_loss": {"chunked_loss": False},
         "live_reference": {"reference": "live"},
+        "concat_layout": {"data_layout": "concat"},
         "bare_loop_concat_layout": {"layout": "concat"},
         "bare_loop_prefix_shared": {"layout": "prefix"},
     },
@@ -221,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep_steps": args.sweep_steps,
         "points": args.points,
         "model_config": model_config,
+        "data_layout": args.dpo_layout,
     }
     started = time.perf_counter()
     results: dict[str, Any] = {
