@@ -11,14 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from zephyr.fileio import atomic_open
 
 
 def _scalar(v: Any) -> float | None:
@@ -70,7 +70,8 @@ class MetricsFileCallback(pl.Callback):
         old: list[dict[str, Any]] = []
         if csv_path.exists():
             with csv_path.open() as f:
-                old = [r for r in csv.DictReader(f) if float(r["step"]) < (self.rows[0]["step"] if self.rows else math.inf)]
+                first_new = self.rows[0]["step"] if self.rows else math.inf
+                old = [r for r in csv.DictReader(f) if float(r["step"]) < first_new]
         keys = ["step"] + sorted({k for r in old + self.rows for k in r} - {"step"})
         with csv_path.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys)
@@ -81,34 +82,14 @@ class MetricsFileCallback(pl.Callback):
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (no torn files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename (no torn files)."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temp file, fsync, then ``os.replace`` onto the checkpoint path."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)

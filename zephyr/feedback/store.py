@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from zephyr.data.io import read_jsonl_numbered
+from zephyr.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +168,9 @@ class ResultStore:
         rows = [{"key": list(k), "status": "ok", "value": v} for k, v in self.done.items()]
         rows += [{"key": list(k), "status": "failed", "error": e} for k, e in self.failures.items()]
         with self._lock:
-            tmp = self.path.with_suffix(self.path.suffix + ".compact")
-            with open(tmp, "wb") as f:
+            with atomic_open(self.path, "wb") as f:
                 for row in rows:
                     f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
             old = self._fh
             self._fh = open(self.path, "a+b")  # noqa: SIM115
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -195,17 +192,11 @@ class ResultStore:
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     """Write a final dataset file atomically (temp file + rename); returns the number of rows."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return n
 
 
