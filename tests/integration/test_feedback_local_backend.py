@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import MistralConfig, MistralForCausalLM
 
+from tests.conftest import TINY_CONFIG
 from zephyr.feedback.backends import LocalCheckpointBackend, build_pool
 from zephyr.feedback.complete import FeedbackConfig, collect_feedback, load_prompts
 from zephyr.tokenizer import load_tokenizer, save_tokenizer
@@ -17,16 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    cfg = MistralConfig(
-        vocab_size=32000,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-    )
+    cfg = MistralConfig(**TINY_CONFIG)
     path = tmp_path_factory.mktemp("tiny")
     MistralForCausalLM(cfg).save_pretrained(path)
     save_tokenizer(load_tokenizer(), path)
@@ -75,3 +67,17 @@ def test_local_checkpoint_joins_the_toy_pool(ckpt, tmp_path):
     assert all(c["annotations"]["truthfulness"]["Rating"] != "5" for c in tiny)
     best = [max(r["completions"], key=lambda c: c["fine-grained_score"])["model"] for r in rows]
     assert "tiny-dsft" not in best
+
+
+def test_backend_runs_the_shared_generator(ckpt):
+    b = LocalCheckpointBackend(str(ckpt), batch_size=2)
+    convs = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name three colours, please."}]]
+    ids = b.generator.prompt_ids(convs[0])
+    assert ids[0] == 1  # BOS: the Zephyr template writes none, the tokenizer adds it
+    resp = b.chat_batch(convs, temperature=0.0, max_tokens=5)
+    direct = b.generator.generate_batch(convs, temperature=0.0, max_tokens=5)
+    assert [r.texts[0] for r in resp] == [c.text.strip() for c in direct]
+    assert resp[0].prompt_tokens == len(ids)
+    state = torch.get_rng_state()
+    b.chat(convs[0], temperature=1.0, max_tokens=3, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # a seeded call leaves the global RNG as it was
