@@ -34,7 +34,9 @@ def _mistral_model_file() -> Path:
     try:
         import mistral_common
     except ImportError as e:  # pragma: no cover - a hard dependency
-        raise ImportError("the embedded tokenizer needs the 'mistral-common' package: pip install mistral-common") from e
+        raise ImportError(
+            "the embedded tokenizer needs the 'mistral-common' package: pip install mistral-common"
+        ) from e
     path = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: mistral-common no longer ships the Mistral v1 tokenizer model")

@@ -39,10 +39,14 @@ def test_kill_and_resume_reproduces_loss_curve(tmp_path):
 
     proc = subprocess.Popen(
         train_cmd(f"data.path={data}", f"paths.output_dir={kill_dir}", *COMMON),
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     ckpt_dir = kill_dir / "checkpoints"
     deadline = time.time() + 240
+
     def saved_steps():
         return sorted(int(p.stem[4:]) for p in ckpt_dir.glob("step*.ckpt"))
 

@@ -14,14 +14,25 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sft")
     data = write_jsonl(tmp / "chat.jsonl", sft_dialogues(64, seed=1))
     out = tmp / "run"
-    run_train(f"data.path={data}", "data.eval_size=8", "trainer.max_steps=6", "trainer.val_check_interval=3",
-              f"paths.output_dir={out}")
+    run_train(
+        f"data.path={data}",
+        "data.eval_size=8",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        f"paths.output_dir={out}",
+    )
     return out
 
 
 def test_export_has_hf_files_and_zephyr_template(trained):
     model = trained / "model"
-    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
         assert (model / name).is_file(), name
     gen = json.loads((model / "generation_config.json").read_text())
     assert gen["eos_token_id"] == 2 and gen["pad_token_id"] == 2
@@ -57,7 +68,9 @@ def test_seed_usage_snippet_works_unchanged(trained):
 
 
 def test_bad_row_is_one_line_naming_file_and_row(tmp_path):
-    rows = sft_dialogues(4, seed=2) + [{"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "x"}]}]
+    rows = sft_dialogues(4, seed=2) + [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "x"}]}
+    ]
     data = write_jsonl(tmp_path / "bad.jsonl", rows)
     proc = run_train(f"data.path={data}", "data.eval_size=0", f"paths.output_dir={tmp_path}/run", check=False)
     assert proc.returncode == 2

@@ -74,7 +74,11 @@ class ResumableBatchSampler(Sampler[list[int]]):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.num_items, self.batch_size, self.shuffle, self.seed, self.drop_last = (
-            num_items, batch_size, shuffle, seed, drop_last,
+            num_items,
+            batch_size,
+            shuffle,
+            seed,
+            drop_last,
         )
         self.epoch = 0  # the epoch the next pass will draw
         self.current_epoch = 0  # the epoch of the pass in progress (or the last one)
@@ -107,8 +111,9 @@ class ResumableDataLoader(DataLoader):
             the trainer by the data module.
     """
 
-    def __init__(self, dataset, batch_sampler: ResumableBatchSampler, progress: Callable[[], int] | None = None,
-                 **kwargs: Any):
+    def __init__(
+        self, dataset, batch_sampler: ResumableBatchSampler, progress: Callable[[], int] | None = None, **kwargs: Any
+    ):
         super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
         self._progress = progress
 

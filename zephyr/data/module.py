@@ -138,8 +138,12 @@ class ChatDataModule(pl.LightningDataModule):
         assert self.train_items is not None, "call setup() first"
         sampler = ResumableBatchSampler(len(self.train_items), self.batch_size, shuffle=True, seed=self.seed)
         return ResumableDataLoader(
-            self.train_items, sampler, progress=self._progress, collate_fn=self.collate,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            self.train_items,
+            sampler,
+            progress=self._progress,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
         )
 
     def val_dataloader(self):
@@ -160,8 +164,16 @@ class SFTDataModule(ChatDataModule):
         **kwargs: see :class:`ChatDataModule`.
     """
 
-    def __init__(self, tokenizer, *, loss_on: str = "assistant", on_overlong: str = "error", packing: bool = False,
-                 insert_empty_system: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        loss_on: str = "assistant",
+        on_overlong: str = "error",
+        packing: bool = False,
+        insert_empty_system: bool = True,
+        **kwargs: Any,
+    ):
         super().__init__(tokenizer, **kwargs)
         self.loss_on, self.on_overlong, self.packing = loss_on, on_overlong, packing
         self.insert_empty_system = insert_empty_system
@@ -171,8 +183,14 @@ class SFTDataModule(ChatDataModule):
 
     def build_items(self, rows, source):
         examples, report = build_sft_examples(
-            self.tokenizer, rows, source=source, max_length=self.max_length, loss_on=self.loss_on,
-            on_bad_row=self.on_bad_row, on_overlong=self.on_overlong, insert_empty_system=self.insert_empty_system,
+            self.tokenizer,
+            rows,
+            source=source,
+            max_length=self.max_length,
+            loss_on=self.loss_on,
+            on_bad_row=self.on_bad_row,
+            on_overlong=self.on_overlong,
+            insert_empty_system=self.insert_empty_system,
         )
         if not self.packing:
             return [[(ex.input_ids, ex.labels)] for ex in examples], report

@@ -140,9 +140,7 @@ def build_sft_examples(
         if len(ex) > max_length:
             reason = f"{len(ex)} tokens > max_length {max_length}"
             if on_overlong == "error":
-                raise DataError(
-                    f"{where}: {reason} (raise data.max_length, or set data.on_overlong=truncate or skip)"
-                )
+                raise DataError(f"{where}: {reason} (raise data.max_length, or set data.on_overlong=truncate or skip)")
             if on_overlong == "skip":
                 report.skip(f"over-long: {reason}", where)
                 continue

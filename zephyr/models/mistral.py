@@ -20,8 +20,14 @@ from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_attn_implementation(requested: str | None) -> str:
@@ -88,7 +94,9 @@ def build_model(
             if not (expanded / "config.json").is_file():
                 raise FileNotFoundError(f"model.path={path}: no config.json there (expected an exported HF checkpoint)")
             path = str(expanded)
-        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch_dtype, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, revision=revision, dtype=torch_dtype, attn_implementation=attn
+        )
     else:
         if not config:
             raise ValueError("model.config is required when model.path is null (random init)")

@@ -20,22 +20,38 @@ IDS_A = [1, 523, 28766, 6574, 28766, 28767, 13, 1976, 460, 264, 10865, 13892, 28
 SHAPES = {
     "system_user_assistant": ([SYS, USER, ASSIST], False, TEXT_A),
     "system_user_genprompt": (
-        [SYS, USER], True, "<|system|>\nYou are a helpful assistant.</s>\n<|user|>\nWhat is 2+2?</s>\n<|assistant|>\n"
+        [SYS, USER],
+        True,
+        "<|system|>\nYou are a helpful assistant.</s>\n<|user|>\nWhat is 2+2?</s>\n<|assistant|>\n",
     ),
-    "system_user_no_genprompt": ([SYS, USER], False, "<|system|>\nYou are a helpful assistant.</s>\n<|user|>\nWhat is 2+2?</s>\n"),
+    "system_user_no_genprompt": (
+        [SYS, USER],
+        False,
+        "<|system|>\nYou are a helpful assistant.</s>\n<|user|>\nWhat is 2+2?</s>\n",
+    ),
     "no_system": ([USER, ASSIST], False, "<|user|>\nWhat is 2+2?</s>\n<|assistant|>\n2+2 equals 4.</s>\n"),
-    "empty_system": ([{"role": "system", "content": ""}, USER], True, "<|system|>\n</s>\n<|user|>\nWhat is 2+2?</s>\n<|assistant|>\n"),
+    "empty_system": (
+        [{"role": "system", "content": ""}, USER],
+        True,
+        "<|system|>\n</s>\n<|user|>\nWhat is 2+2?</s>\n<|assistant|>\n",
+    ),
     "multi_turn": (
-        [USER, ASSIST, USER2, ASSIST2], False,
+        [USER, ASSIST, USER2, ASSIST2],
+        False,
         "<|user|>\nWhat is 2+2?</s>\n<|assistant|>\n2+2 equals 4.</s>\n<|user|>\nAnd 3+3?</s>\n<|assistant|>\n6.</s>\n",
     ),
     "multi_turn_genprompt": (
-        [SYS, USER, ASSIST, USER2], True,
+        [SYS, USER, ASSIST, USER2],
+        True,
         "<|system|>\nYou are a helpful assistant.</s>\n<|user|>\nWhat is 2+2?</s>\n<|assistant|>\n2+2 equals 4.</s>\n"
         "<|user|>\nAnd 3+3?</s>\n<|assistant|>\n",
     ),
     "unknown_role_renders_nothing": ([{"role": "tool", "content": "x"}, USER], False, "<|user|>\nWhat is 2+2?</s>\n"),
-    "genprompt_after_assistant": ([USER, ASSIST], True, "<|user|>\nWhat is 2+2?</s>\n<|assistant|>\n2+2 equals 4.</s>\n<|assistant|>\n"),
+    "genprompt_after_assistant": (
+        [USER, ASSIST],
+        True,
+        "<|user|>\nWhat is 2+2?</s>\n<|assistant|>\n2+2 equals 4.</s>\n<|assistant|>\n",
+    ),
 }
 
 
@@ -61,7 +77,9 @@ def test_reference_token_ids_legacy_mode(tokenizer):
 
 def test_empty_system_generation_prompt_ids(tokenizer):
     text = tokenizer.apply_chat_template(
-        [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+        [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}],
+        tokenize=False,
+        add_generation_prompt=True,
     )
     assert tokenizer(text).input_ids == [1, 523, 28766, 6574, 28766, 28767, 13, 2, 28705, 13, 28789, 28766, 1838,
                                          28766, 28767, 13, 23809, 2, 28705, 13, 28789, 28766, 489, 11143, 28766,

@@ -141,4 +141,7 @@ def test_resumable_sampler_restarts_mid_epoch_exactly():
     again = ResumableBatchSampler(10, 3, shuffle=True, seed=7)
     again.epoch, again.start_batch = 1, 2
     assert list(again) == epoch1[2:]
-    assert again.epoch == 2 and list(again)[0] == torch.randperm(10, generator=torch.Generator().manual_seed(9)).tolist()[:3]
+    assert (
+        again.epoch == 2
+        and list(again)[0] == torch.randperm(10, generator=torch.Generator().manual_seed(9)).tolist()[:3]
+    )

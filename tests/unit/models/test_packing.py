@@ -26,7 +26,9 @@ def test_packed_logits_equal_unpacked_logits(tokenizer, tiny_model):
         at = 0
         for ids, _ in seqs:
             alone = collate_rows([[(ids, ids)]], pad_id=2, pad_to_multiple_of=1)
-            torch.testing.assert_close(packed_logits[at : at + len(ids)], _logits(tiny_model, alone)[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                packed_logits[at : at + len(ids)], _logits(tiny_model, alone)[0], atol=1e-5, rtol=1e-5
+            )
             at += len(ids)
 
 
@@ -35,7 +37,9 @@ def test_padding_tail_does_not_change_real_tokens(tokenizer, tiny_model):
     short = collate_rows([[(e.input_ids, e.labels)]], pad_id=2, pad_to_multiple_of=1)
     padded = collate_rows([[(e.input_ids, e.labels)]], pad_id=2, pad_to_multiple_of=64)
     with torch.no_grad():
-        torch.testing.assert_close(_logits(tiny_model, padded)[0, : len(e)], _logits(tiny_model, short)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            _logits(tiny_model, padded)[0, : len(e)], _logits(tiny_model, short)[0], atol=1e-5, rtol=1e-5
+        )
 
 
 def test_packed_loss_equals_token_weighted_unpacked_loss(tokenizer, tiny_model):
