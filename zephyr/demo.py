@@ -281,11 +281,25 @@ def evaluate(model, tokenizer, tasks, settings: DictConfig) -> dict[str, Any]:
 # The pipeline
 # --------------------------------------------------------------------------------------------------
 class Stages:
-    """Times named stages, prints a rule per stage with rich, keeps ``name -> seconds``."""
+    """Times named stages, prints a rule per stage with rich, keeps ``name -> seconds`` in ``stages.json``.
 
-    def __init__(self, console):
+    A rerun in the same folder reuses a stage that finished before (its time is in ``stages.json`` and its
+    output exists), so a crash late in the pipeline does not throw away the dSFT run.
+    """
+
+    def __init__(self, console, path: Path):
         self.console = console
+        self.path = path
         self.seconds: dict[str, float] = {}
+        self.previous: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def reuse(self, name: str, *outputs: Path) -> bool:
+        """Whether ``name`` finished in an earlier run (recorded and every output present); if so, keep its time."""
+        if name not in self.previous or not all(p.exists() for p in outputs):
+            return False
+        self.seconds[name] = float(self.previous[name])
+        self.console.print(f"[yellow]{name}[/]: reusing the earlier run ({self.seconds[name]:.1f} s)")
+        return True
 
     @contextmanager
     def __call__(self, name: str, what: str):
@@ -293,7 +307,11 @@ class Stages:
         t0 = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - t0, 2)
+        self.save()
         self.console.print(f"[green]{name}[/] done in {self.seconds[name]:.1f} s")
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps({**self.previous, **self.seconds}, indent=2) + "\n")
 
 
 def _train(overrides: list[str]) -> dict[str, float]:
@@ -302,81 +320,92 @@ def _train(overrides: list[str]) -> dict[str, float]:
     return train(compose_train(overrides))
 
 
+def _feedback(settings: DictConfig, out: Path, seed: int, dsft_model: Path, clock: dict[str, float], console) -> None:
+    """Completions from the pool (rule students + the dSFT model) and verifier judging -> ``ultrafeedback.jsonl``."""
+    from zephyr.feedback.complete import FeedbackConfig, collect_feedback, load_prompts
+    from zephyr.toy import VerifierJudge, default_pool
+
+    names = list(settings.feedback.pool)
+    rule = {s.name: s for s in default_pool(seed)}
+    unknown = [x for x in names if x != "dsft" and x not in rule]
+    if unknown:
+        raise ValueError(f"demo feedback.pool: unknown members {unknown}; known {sorted(rule)} and 'dsft'")
+    pool = [
+        TimedBackend(
+            PolicyBackend(dsft_model, "dsft", int(settings.feedback.batch_size)) if x == "dsft" else rule[x],
+            clock, "sampling",
+        )
+        for x in names
+    ]  # fmt: skip
+    judge = TimedBackend(VerifierJudge(), clock, "judging")
+    prompts = load_prompts({"source": "toy_tasks", "n": int(settings.feedback.prompts), "seed": 10_000 + seed})
+    fcfg = FeedbackConfig(
+        models_per_prompt=settings.feedback.models_per_prompt,
+        seed=seed,
+        workers=int(settings.feedback.workers),
+        batch_size=int(settings.feedback.batch_size),
+        critique=bool(settings.feedback.critique),
+        world_knowledge=False,
+        completion_gen={
+            "temperature": float(settings.feedback.temperature),
+            "top_p": float(settings.feedback.top_p),
+            "max_tokens": int(settings.feedback.max_tokens),
+        },
+        progress=False,
+    )
+    summary = collect_feedback(prompts, pool, judge, out / "feedback", fcfg)
+    if summary["judged_prompts"] == 0:
+        raise RuntimeError(f"{out / 'feedback'}: no prompt was judged ({summary['example_errors']})")
+    console.print(f"{summary['judged_prompts']} prompts judged, pool {names}")
+
+
 def run_one(settings: DictConfig, out: Path, seed: int, console=None) -> dict[str, Any]:
     """Run every stage for one seed in ``out`` and write ``out/report.json``; returns the report."""
     from rich.console import Console
 
     from zephyr.feedback.binarize import binarize
-    from zephyr.feedback.complete import FeedbackConfig, collect_feedback, load_prompts
     from zephyr.feedback.store import read_jsonl, write_jsonl
     from zephyr.models.mistral import build_model
     from zephyr.tokenizer import load_tokenizer
-    from zephyr.toy import VerifierJudge, default_pool, sft_dialogues
+    from zephyr.toy import sft_dialogues
 
     console = console or Console()
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stage = Stages(console)
+    stage = Stages(console, out / "stages.json")
     common = [f"paths.root_dir={out}", f"seed={seed}", *QUIET_TRAINING, *settings.model]
     data_dir = out / "data"
 
-    with stage("sft_data", "the imperfect teacher writes the fixed dSFT set"):
-        n, (lo, hi) = int(settings.sft_data.n), settings.sft_data.turns
-        rows = sft_dialogues(n, seed, turns=(int(lo), int(hi)))
-        sft_path = data_dir / "sft.jsonl"
-        write_jsonl(sft_path, rows)
-        console.print(f"{len(rows)} dialogues -> {sft_path}")
+    sft_path = data_dir / "sft.jsonl"
+    if not stage.reuse("sft_data", sft_path):
+        with stage("sft_data", "the imperfect teacher writes the fixed dSFT set"):
+            n, (lo, hi) = int(settings.sft_data.n), settings.sft_data.turns
+            rows = sft_dialogues(n, seed, turns=(int(lo), int(hi)))
+            write_jsonl(sft_path, rows)
+            console.print(f"{len(rows)} dialogues -> {sft_path}")
 
     data_sft = ["data=local_jsonl", f"data.path={sft_path}", "data.eval_size=0"]
-    with stage("dsft", "distilled SFT on the teacher's dialogues"):
-        m = _train([*common, *data_sft, *settings.dsft, f"paths.output_dir={out / 'dsft'}", "task_name=dsft"])
-        dsft_steps = max(1, int(m.get("global_step", 1)))
-        console.print(f"{dsft_steps} steps, final train/loss {m.get('train/loss', float('nan')):.3f}")
     dsft_model = out / "dsft" / "model"
+    if not stage.reuse("dsft", dsft_model / "config.json", out / "dsft" / "metrics.json"):
+        with stage("dsft", "distilled SFT on the teacher's dialogues"):
+            m = _train([*common, *data_sft, *settings.dsft, f"paths.output_dir={out / 'dsft'}", "task_name=dsft"])
+            console.print(f"{int(m['global_step'])} steps, final train/loss {m.get('train/loss', float('nan')):.3f}")
+    dsft_steps = max(1, int(json.loads((out / "dsft" / "metrics.json").read_text()).get("global_step", 1)))
 
-    clock: dict[str, float] = {}
-    with stage("feedback", "pool completions + verifier judging (UltraFeedback aspects)"):
-        names = list(settings.feedback.pool)
-        rule = {s.name: s for s in default_pool(seed)}
-        unknown = [x for x in names if x != "dsft" and x not in rule]
-        if unknown:
-            raise ValueError(f"demo feedback.pool: unknown members {unknown}; known {sorted(rule)} and 'dsft'")
-        pool = [
-            TimedBackend(
-                PolicyBackend(dsft_model, "dsft", int(settings.feedback.batch_size)) if x == "dsft" else rule[x],
-                clock, "sampling",
-            )
-            for x in names
-        ]  # fmt: skip
-        judge = TimedBackend(VerifierJudge(), clock, "judging")
-        prompts = load_prompts({"source": "toy_tasks", "n": int(settings.feedback.prompts), "seed": 10_000 + seed})
-        fcfg = FeedbackConfig(
-            models_per_prompt=settings.feedback.models_per_prompt,
-            seed=seed,
-            workers=int(settings.feedback.workers),
-            batch_size=int(settings.feedback.batch_size),
-            critique=bool(settings.feedback.critique),
-            world_knowledge=False,
-            completion_gen={
-                "temperature": float(settings.feedback.temperature),
-                "top_p": float(settings.feedback.top_p),
-                "max_tokens": int(settings.feedback.max_tokens),
-            },
-            progress=False,
-        )
-        summary = collect_feedback(prompts, pool, judge, out / "feedback", fcfg)
-        if summary["judged_prompts"] == 0:
-            raise RuntimeError(f"{out / 'feedback'}: no prompt was judged ({summary['example_errors']})")
-        console.print(f"{summary['judged_prompts']} prompts judged, pool {names}")
-    fb_total = stage.seconds.pop("feedback")
-    judging = min(clock.get("judging", 0.0), fb_total)
-    stage.seconds["sampling"] = round(fb_total - judging, 2)
-    stage.seconds["judging"] = round(judging, 2)
+    feedback_rows = out / "feedback" / "ultrafeedback.jsonl"
+    if not (stage.reuse("sampling", feedback_rows) and stage.reuse("judging", feedback_rows)):
+        clock: dict[str, float] = {}
+        with stage("feedback", "pool completions + verifier judging (UltraFeedback aspects)"):
+            _feedback(settings, out, seed, dsft_model, clock, console)
+        fb_total = stage.seconds.pop("feedback")
+        judging = min(clock.get("judging", 0.0), fb_total)
+        stage.seconds["sampling"] = round(fb_total - judging, 2)
+        stage.seconds["judging"] = round(judging, 2)
+        stage.save()
 
     with stage("binarize", "chosen = best mean rating, rejected = a random other"):
-        raw = read_jsonl(out / "feedback" / "ultrafeedback.jsonl")
         pairs, brep = binarize(
-            raw, criterion=settings.binarize.criterion, rejected=settings.binarize.rejected,
+            read_jsonl(feedback_rows), criterion=settings.binarize.criterion, rejected=settings.binarize.rejected,
             ties=settings.binarize.ties, seed=seed,
         )  # fmt: skip
         if not pairs:
@@ -386,21 +415,26 @@ def run_one(settings: DictConfig, out: Path, seed: int, console=None) -> dict[st
         console.print(f"{len(pairs)} pairs -> {pairs_path}; chosen from {brep['chosen_models']}")
 
     data_dpo = ["objective=dpo", "data=local_prefs", f"data.path={pairs_path}"]
-    with stage("ddpo", "DPO (+ NLL on chosen) from the dSFT model"):
-        m_ddpo = _train([*common, *data_dpo, *settings.ddpo, f"model.path={dsft_model}",
-                         f"paths.output_dir={out / 'ddpo'}", "task_name=ddpo"])  # fmt: skip
+    if not stage.reuse("ddpo", out / "ddpo" / "model" / "config.json", out / "ddpo" / "metrics.json"):
+        with stage("ddpo", "DPO (+ NLL on chosen) from the dSFT model"):
+            _train([*common, *data_dpo, *settings.ddpo, f"model.path={dsft_model}",
+                    f"paths.output_dir={out / 'ddpo'}", "task_name=ddpo"])  # fmt: skip
+    m_ddpo = json.loads((out / "ddpo" / "metrics.json").read_text())
 
     budget = sum(stage.seconds[k] for k in ("sampling", "judging", "binarize", "ddpo"))
     sec_per_step = stage.seconds["dsft"] / dsft_steps
     matched_steps = max(1, round(budget / sec_per_step))
-    with stage("dsft_compute_matched", f"dSFT trained further: {matched_steps} steps ~ {budget:.0f} s"):
-        dsft_no_steps = [o for o in settings.dsft if not o.startswith("trainer.max_steps=")]
-        _train([*common, *data_sft, *dsft_no_steps, f"trainer.max_steps={matched_steps}", f"model.path={dsft_model}",
-                f"paths.output_dir={out / 'dsft_compute_matched'}", "task_name=dsft_compute_matched"])  # fmt: skip
+    if not stage.reuse("dsft_compute_matched", out / "dsft_compute_matched" / "model" / "config.json"):
+        with stage("dsft_compute_matched", f"dSFT trained further: {matched_steps} steps ~ {budget:.0f} s"):
+            dsft_no_steps = [o for o in settings.dsft if not o.startswith("trainer.max_steps=")]
+            _train([*common, *data_sft, *dsft_no_steps, f"trainer.max_steps={matched_steps}",
+                    f"model.path={dsft_model}", f"paths.output_dir={out / 'dsft_compute_matched'}",
+                    "task_name=dsft_compute_matched"])  # fmt: skip
 
-    with stage("dpo_from_base", "the same DPO run from the random-init base (no dSFT)"):
-        _train([*common, *data_dpo, *settings.ddpo, f"paths.output_dir={out / 'dpo_from_base'}",
-                "task_name=dpo_from_base"])  # fmt: skip
+    if not stage.reuse("dpo_from_base", out / "dpo_from_base" / "model" / "config.json"):
+        with stage("dpo_from_base", "the same DPO run from the random-init base (no dSFT)"):
+            _train([*common, *data_dpo, *settings.ddpo, f"paths.output_dir={out / 'dpo_from_base'}",
+                    "task_name=dpo_from_base"])  # fmt: skip
 
     results: dict[str, dict[str, Any]] = {}
     with stage("eval", f"greedy answers to {int(settings.eval.n)} held-out questions, graded by the verifier"):
