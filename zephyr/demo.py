@@ -173,8 +173,8 @@ def generate(
 class PolicyBackend:
     """A trained checkpoint as a pool member (``ChatBackend`` with batched ``chat_batch``).
 
-    Prompts are rendered the way training rendered them (empty system turn + BOS), which the generic
-    ``zephyr.feedback.backends.LocalCheckpointBackend`` does not do for this template.
+    Prompts are rendered the way dSFT/DPO training rendered them (empty system turn + BOS); the generic
+    ``zephyr.feedback.backends.LocalCheckpointBackend`` renders the messages as given (no system turn).
 
     Args:
         path: exported checkpoint folder (``config.json``, weights, tokenizer).
