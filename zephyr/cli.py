@@ -1,4 +1,4 @@
-"""``zephyr`` command line: data | serve | generate | eval | report | export.
+"""zephyr command line: data | serve | generate | eval | report | export | demo.
 
 Training is Hydra's job (``python train.py ...``); this CLI holds the other verbs. Each command group lives
 next to its code and adds itself through a ``register(subparsers)`` function, so this file only lists them.
