@@ -25,7 +25,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, encoding: str | Non
         encoding: text encoding (``"utf-8"`` when ``mode`` is text and none is given).
 
     Yields:
-        The open temporary file (named ``.NAME.XXXX.tmp`` next to ``path``). When the block raises, the
+        The open temporary file (named ``.NAME.<random>.tmp`` next to ``path``). When the block raises, the
         temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
