@@ -42,6 +42,7 @@ from zephyr.data.io import DataError, RowReport
 from zephyr.data.module import ChatDataModule
 from zephyr.data.preference import tokenize_pair, validate_pair
 from zephyr.data.prefix_share import collate_pairs_prefix_shared
+from zephyr.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,8 @@ def toy_preference_rows(n: int, seed: int = 0, cache_dir: str | os.PathLike | No
     log.info("toy preference pairs: %d from %d questions (%d ties dropped)", len(pairs), n, report["ties_dropped"])
     if target is not None:
         # tmp + rename: two sweep jobs building the same file at once both write complete, identical files
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with atomic_open(target) as f:
             f.write("".join(json.dumps(p) + "\n" for p in pairs))
-        os.replace(tmp, target)
     return pairs
 
 
