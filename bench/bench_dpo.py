@@ -30,6 +30,7 @@ from bench.common import (
     preference_rows,
     setup_process,
     trl_preference_row,
+    trl_training_args,
 )
 
 PROMPT_TOKENS, COMPLETION_TOKENS = 115, 100
@@ -237,31 +238,7 @@ def trl_dpo_train(tok, p: dict[str, Any], rows: list[dict[str, Any]], *, beta: f
     model = build_policy(p["model_config"])
     ref = build_policy(p["model_config"])  # the reference: a second copy of the same initial weights
     with tempfile.TemporaryDirectory(prefix="zephyr-bench-trl-") as out:
-        cfg = DPOConfig(
-            output_dir=out,
-            max_steps=p["warmup"] + p["steps"],
-            per_device_train_batch_size=p["batch_size"],
-            gradient_accumulation_steps=1,
-            max_length=p["max_length"],
-            beta=beta,
-            loss_type=["sigmoid"],
-            learning_rate=LEARNING_RATE,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=0.0,
-            bf16=False,
-            fp16=False,
-            activation_checkpointing=False,
-            use_cpu=True,
-            seed=SEED,
-            logging_strategy="no",
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=False,
-        )
+        cfg = DPOConfig(**trl_training_args(p, out), beta=beta, loss_type=["sigmoid"])
         trainer = DPOTrainer(
             model=model, ref_model=ref, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()]
         )

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import LEARNING_RATE, SEED, StepClock, TokenQueue, build_policy, peak_rss_mb, setup_process
+from bench.common import (
+    LEARNING_RATE,
+    SEED,
+    StepClock,
+    TokenQueue,
+    build_policy,
+    peak_rss_mb,
+    setup_process,
+    trl_training_args,
+)
 
 
 def _num_dialogues(p: dict[str, Any]) -> int:
@@ -102,32 +111,7 @@ def run_trl(p: dict[str, Any]) -> dict[str, Any]:
             clock.step_end(queue.pop())
 
     with tempfile.TemporaryDirectory(prefix="zephyr-bench-trl-") as out:
-        cfg = SFTConfig(
-            output_dir=out,
-            max_steps=p["warmup"] + p["steps"],
-            per_device_train_batch_size=p["batch_size"],
-            gradient_accumulation_steps=1,
-            max_length=p["max_length"],
-            packing=True,
-            packing_strategy="bfd",
-            learning_rate=LEARNING_RATE,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=0.0,
-            bf16=False,
-            fp16=False,
-            activation_checkpointing=False,
-            use_cpu=True,
-            seed=SEED,
-            logging_strategy="no",
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=False,
-            dataset_num_proc=None,
-        )
+        cfg = SFTConfig(**trl_training_args(p, out), packing=True, packing_strategy="bfd", dataset_num_proc=None)
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
         collate = trainer.data_collator
 

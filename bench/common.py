@@ -62,6 +62,33 @@ SEED = 1234
 LEARNING_RATE = 1.0e-5
 
 
+def trl_training_args(p: dict[str, Any], out: str) -> dict[str, Any]:
+    """The ``TrainingArguments`` both TRL trainers share: fp32, no checkpointing, no logging/saving/eval, CPU."""
+    return dict(
+        output_dir=out,
+        max_steps=p["warmup"] + p["steps"],
+        per_device_train_batch_size=p["batch_size"],
+        gradient_accumulation_steps=1,
+        max_length=p["max_length"],
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        bf16=False,
+        fp16=False,
+        activation_checkpointing=False,
+        use_cpu=True,
+        seed=SEED,
+        logging_strategy="no",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+    )
+
+
 def setup_process(threads: int, seed: int = SEED) -> None:
     """Fix torch's thread count and every seed for this worker."""
     import random
