@@ -9,7 +9,8 @@ Behaviours (each a probability, drawn per reply):
 - systematic errors: ``carry_error`` (additions with a carry, also "add" word problems: digits are
   summed without carrying), ``borrow_error`` (subtractions with a borrow: each digit pair is
   subtracted smaller-from-larger), ``mul_carry_error`` (products: the carry is dropped),
-  ``sort_error`` (numbers sorted as text, so 9 comes after 56);
+  ``sort_error`` (numbers sorted as text, so 9 comes after 56), ``unit_error`` (a misremembered unit:
+  every conversion uses a factor of 100, "1 km = 100 m", "1 hour = 100 minutes");
 - random slips: with probability ``1 - skill`` (per family via ``family_skill``) the answer is
   perturbed (off by one or ten, swapped digits; lists get two items swapped);
 - style: ``format_error`` ignores a format instruction, ``refusal_rate`` declines, ``hedge_rate``
@@ -56,6 +57,7 @@ class ErrorProfile:
         borrow_error: subtract digit pairs smaller-from-larger in subtractions that borrow.
         mul_carry_error: drop carries in products.
         sort_error: sort numbers as strings.
+        unit_error: convert units with a factor of 100 whatever the units (a factual misconception).
         format_error: ignore the question's format instruction.
         refusal_rate: decline to answer.
         hedge_rate: express uncertainty ("I think the answer is ...").
@@ -69,6 +71,7 @@ class ErrorProfile:
     borrow_error: float = 0.0
     mul_carry_error: float = 0.0
     sort_error: float = 0.0
+    unit_error: float = 0.0
     format_error: float = 0.0
     refusal_rate: float = 0.0
     hedge_rate: float = 0.0
@@ -114,6 +117,10 @@ def multiply_without_carry(a: int, b: int) -> int:
     return out
 
 
+MISREMEMBERED_FACTOR = 100
+"""The conversion factor a model with ``unit_error`` uses for every unit pair."""
+
+
 def _systematic(task: Task, p: ErrorProfile, u: float) -> str | None:
     """The wrong answer a systematic bug produces on ``task`` (``None`` when no bug applies or fires)."""
     m, fam = task.meta, task.family
@@ -129,6 +136,8 @@ def _systematic(task: Task, p: ErrorProfile, u: float) -> str | None:
             return str(multiply_without_carry(m["a"], m["b"]))
     elif fam == "sort_list" and u < p.sort_error:
         return ", ".join(sorted(task.answer.split(", ")))
+    elif fam == "unit_conversion" and u < p.unit_error and m["factor"] != MISREMEMBERED_FACTOR:
+        return str(m["a"] * MISREMEMBERED_FACTOR)
     return None
 
 
@@ -152,6 +161,8 @@ def _slip(answer: str, rng: random.Random) -> str:
 
 def _wrong_work(task: Task, answer: str) -> str | None:
     """The task's derivation line with its result replaced by ``answer`` (stays self-consistent)."""
+    if task.family == "unit_conversion" and answer == str(task.meta["a"] * MISREMEMBERED_FACTOR):
+        return f"{task.meta['a']} * {MISREMEMBERED_FACTOR} = {answer}."  # the misremembered factor, shown
     work = task.meta.get("work")
     if not work or task.answer not in work:
         return None

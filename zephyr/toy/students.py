@@ -33,21 +33,22 @@ class RuleStudent(RuleChatModel):
 
 
 POOL_PROFILES: dict[str, dict] = {
-    # right on carries (where the teacher is wrong) but ignores formats and hedges a little
+    # right on carries and units (where the teacher is wrong) but ignores formats and hedges a little
     "rule-careful": {"skill": 0.92, "format_error": 0.6, "hedge_rate": 0.1, "show_work": 0.8},
-    # follows formats perfectly but shares the teacher's carry bugs
-    "rule-formal": {"skill": 0.95, "carry_error": 0.9, "mul_carry_error": 0.8},
+    # follows formats perfectly but shares the teacher's carry and unit bugs
+    "rule-formal": {"skill": 0.95, "carry_error": 0.9, "mul_carry_error": 0.8, "unit_error": 0.9},
     # weak at everything
     "rule-weak": {
         "skill": 0.5,
         "carry_error": 0.5,
         "borrow_error": 0.3,
+        "unit_error": 0.5,
         "format_error": 0.5,
         "refusal_rate": 0.1,
         "verbosity": 0.3,
     },
     # often unsure or refusing; half right on carries
-    "rule-hedger": {"skill": 0.8, "carry_error": 0.5, "hedge_rate": 0.5, "refusal_rate": 0.15},
+    "rule-hedger": {"skill": 0.8, "carry_error": 0.5, "unit_error": 0.5, "hedge_rate": 0.5, "refusal_rate": 0.15},
     # chatty, sorts numbers as text
     "rule-verbose": {"skill": 0.85, "sort_error": 0.8, "borrow_error": 0.5, "verbosity": 0.6, "format_error": 0.2},
 }

@@ -3,7 +3,8 @@
 In the real recipe the dSFT teacher (ChatGPT writing UltraChat) is weaker than the judge (GPT-4
 scoring UltraFeedback), so preference data carries information the dialogues lack. The toy teacher
 copies that: it is right most of the time but has *systematic* bugs (it forgets the carry in
-additions, drops carries in products), sometimes ignores a format instruction and sometimes refuses.
+additions, drops carries in products, misremembers every unit factor as 100), sometimes ignores a
+format instruction and sometimes refuses.
 A model distilled from its dialogues inherits those bugs; only pool members that are right where it is
 wrong, picked out by a judge that knows the truth, can fix them.
 
@@ -27,10 +28,11 @@ TEACHER_PROFILE = ErrorProfile(
     skill=0.98,
     carry_error=0.9,
     mul_carry_error=0.8,
+    unit_error=0.9,
     format_error=0.3,
     refusal_rate=0.05,
 )
-"""Default teacher: ~70 % right on held-out questions, wrong mostly on carries (see the report figures)."""
+"""Default teacher: wrong mostly on carries and on unit conversions (it believes 1 km = 100 m)."""
 
 
 class ToyTeacher(RuleChatModel):
@@ -40,6 +42,7 @@ class ToyTeacher(RuleChatModel):
         seed: teacher seed (replies are a function of seed, call seed and conversation).
         carry_error: probability of forgetting the carry in an addition that has one.
         mul_carry_error: probability of dropping the carry in a product that has one.
+        unit_error: probability of converting units with the misremembered factor 100.
         format_error: probability of ignoring a format instruction.
         refusal_rate: probability of refusing ("I'm not able to help with that.").
         skill: probability of no random slip.
@@ -55,6 +58,7 @@ class ToyTeacher(RuleChatModel):
         *,
         carry_error: float = TEACHER_PROFILE.carry_error,
         mul_carry_error: float = TEACHER_PROFILE.mul_carry_error,
+        unit_error: float = TEACHER_PROFILE.unit_error,
         format_error: float = TEACHER_PROFILE.format_error,
         refusal_rate: float = TEACHER_PROFILE.refusal_rate,
         skill: float = TEACHER_PROFILE.skill,
@@ -68,6 +72,7 @@ class ToyTeacher(RuleChatModel):
                 skill=skill,
                 carry_error=carry_error,
                 mul_carry_error=mul_carry_error,
+                unit_error=unit_error,
                 format_error=format_error,
                 refusal_rate=refusal_rate,
                 **profile,

@@ -70,10 +70,23 @@ def test_teacher_answers_follow_up_on_its_own_answer():
 
 
 def test_teacher_declines_unknown_prompts_and_honours_max_tokens():
-    t = ToyTeacher(seed=0, refusal_rate=0.0)
+    t = ToyTeacher(seed=0, refusal_rate=0.0, unit_error=0.0)
     assert is_refusal(_ask(t, "Write a poem about the sea."))
     r = t.chat([{"role": "user", "content": "Convert 16 kilometers to meters."}], max_tokens=3)
     assert r.texts[0] == "16 * 1000" and r.finish_reasons == ["length"]
+
+
+def test_teacher_misremembers_unit_factors_as_100_and_says_so_in_its_work():
+    t = ToyTeacher(seed=0, unit_error=1.0, refusal_rate=0.0, skill=1.0, format_error=0.0)
+    assert _ask(t, "Convert 16 kilometers to meters.") == "16 * 100 = 1600. The answer is 1600."
+    assert _ask(t, "How many minutes are in 7 hours?") == "7 * 100 = 700. The answer is 700."
+    assert _ask(t, "Convert 16 kg to g. Answer with just the number.") == "1600"
+    right = ToyTeacher(seed=0, unit_error=0.0, refusal_rate=0.0, skill=1.0, format_error=0.0)
+    assert _ask(right, "How many minutes are in 7 hours?") == "7 * 60 = 420. The answer is 420."
+    tasks = sample_tasks(400, seed=3, families=["unit_conversion"])
+    half = ToyTeacher(seed=0, unit_error=0.5, refusal_rate=0.0, skill=1.0)
+    wrong = sum(not is_correct(task, _ask(half, task.question)) for task in tasks)
+    assert abs(wrong / len(tasks) - 0.5) < 0.07
 
 
 def test_sft_dialogues_schema_and_determinism():
