@@ -248,11 +248,48 @@ class TimedBackend:
 # --------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------
+def world_families(settings: DictConfig) -> list[str] | None:
+    """The toy world's task families (``world.families``; ``None`` = every family), checked against the toy world.
+
+    Raises:
+        ValueError: an unknown family name.
+    """
+    from zephyr.toy.tasks import FAMILIES
+
+    fams = settings.get("world", {}).get("families")
+    if fams is None:
+        return None
+    fams = [str(f) for f in fams]
+    if not fams:
+        raise ValueError(f"demo world.families: name at least one family (or null for all): {list(FAMILIES)}")
+    unknown = [f for f in fams if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"demo world.families: unknown families {unknown}; known: {list(FAMILIES)}")
+    return fams
+
+
+def make_teacher(settings: DictConfig, seed: int):
+    """The imperfect teacher of the world: ``ToyTeacher(seed, **world.teacher)``.
+
+    Raises:
+        ValueError: ``world.teacher`` names a field :class:`~zephyr.toy.rules.ErrorProfile` does not have.
+    """
+    from zephyr.toy import ToyTeacher
+
+    kwargs = OmegaConf.to_container(settings.get("world", {}).get("teacher") or OmegaConf.create({}), resolve=True)
+    try:
+        return ToyTeacher(seed, **kwargs)  # type: ignore[arg-type]
+    except TypeError as err:
+        raise ValueError(f"demo world.teacher: {err}") from None
+
+
 def heldout_tasks(settings: DictConfig):
-    """The FIXED held-out questions (same for every seed and every model)."""
+    """The FIXED held-out questions of the world (same for every seed and every model)."""
     from zephyr.toy.tasks import sample_tasks
 
-    return sample_tasks(int(settings.eval.n), int(settings.eval.seed), split="heldout")
+    return sample_tasks(
+        int(settings.eval.n), int(settings.eval.seed), split="heldout", families=world_families(settings)
+    )
 
 
 def evaluate(model, tokenizer, tasks, settings: DictConfig) -> dict[str, Any]:
@@ -338,7 +375,10 @@ def _feedback(settings: DictConfig, out: Path, seed: int, dsft_model: Path, cloc
         for x in names
     ]  # fmt: skip
     judge = TimedBackend(VerifierJudge(), clock, "judging")
-    prompts = load_prompts({"source": "toy_tasks", "n": int(settings.feedback.prompts), "seed": 10_000 + seed})
+    prompts = load_prompts(
+        {"source": "toy_tasks", "n": int(settings.feedback.prompts), "seed": 10_000 + seed,
+         "families": world_families(settings)}
+    )  # fmt: skip
     fcfg = FeedbackConfig(
         models_per_prompt=settings.feedback.models_per_prompt,
         seed=seed,
@@ -380,7 +420,8 @@ def run_one(settings: DictConfig, out: Path, seed: int, console=None) -> dict[st
     if not stage.reuse("sft_data", sft_path):
         with stage("sft_data", "the imperfect teacher writes the fixed dSFT set"):
             n, (lo, hi) = int(settings.sft_data.n), settings.sft_data.turns
-            rows = sft_dialogues(n, seed, turns=(int(lo), int(hi)))
+            teacher, families = make_teacher(settings, seed), world_families(settings)
+            rows = sft_dialogues(n, seed, turns=(int(lo), int(hi)), families=families, teacher=teacher)
             write_jsonl(sft_path, rows)
             console.print(f"{len(rows)} dialogues -> {sft_path}")
 

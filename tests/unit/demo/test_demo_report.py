@@ -76,3 +76,22 @@ def test_prompt_rendering_matches_training(tokenizer):
     assert ids[0] == tokenizer.bos_token_id
     assert full.input_ids[: len(ids)] == ids  # the generation prompt is the training prefix, token for token
     assert full.labels[len(ids) - 1] == -100 and full.labels[len(ids)] != -100
+
+
+def test_world_families_and_teacher_drive_heldout_questions_and_teacher():
+    from zephyr.demo import heldout_tasks, make_teacher, world_families
+
+    s = load_settings("ci", ["world.families=[unit_conversion,reverse_list]", "world.teacher.unit_error=1.0"])
+    assert world_families(s) == ["unit_conversion", "reverse_list"]
+    tasks = heldout_tasks(s)
+    assert len(tasks) == s.eval.n and {t.family for t in tasks} == {"unit_conversion", "reverse_list"}
+    assert heldout_tasks(s) == tasks  # fixed: the same questions for every model and seed
+    teacher = make_teacher(s, seed=0)
+    assert teacher.profile.unit_error == 1.0 and teacher.profile.carry_error == 0.9
+    assert world_families(load_settings("ci", ["world.families=null"])) is None
+    with pytest.raises(ValueError, match=r"world.families: unknown families \['algebra'\]"):
+        world_families(load_settings("ci", ["world.families=[algebra]"]))
+    with pytest.raises(ValueError, match="at least one family"):
+        world_families(load_settings("ci", ["world.families=[]"]))
+    with pytest.raises(ValueError, match="world.teacher: .*wit"):
+        make_teacher(load_settings("ci", ["world.teacher.wit=0.5"]), seed=0)
