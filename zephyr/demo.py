@@ -513,12 +513,21 @@ def run_one(settings: DictConfig, out: Path, seed: int, console=None) -> dict[st
 
 
 def aggregate(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean over seeds (``accuracy``, ``stages``), population std, min and max, and the per-seed figures."""
+    """Mean over seeds (``accuracy``, ``stages``, ``by_family``), population std, min and max, per-seed figures."""
     if not reports:
         raise ValueError("aggregate: no per-seed reports")
     names = [k for k in MODELS if all(k in r["accuracy"] for r in reports)]
     acc = {k: [float(r["accuracy"][k]) for r in reports] for k in names}
     stages = {k: statistics.fmean(float(r["stages"].get(k, 0.0)) for r in reports) for k in reports[0]["stages"]}
+    by_family: dict[str, dict[str, float]] = {}
+    if all(r.get("by_family") for r in reports):
+        for k in names:
+            fams = sorted(set().union(*(r["by_family"].get(k, {}) for r in reports)))
+            by_family[k] = {
+                f: round(statistics.fmean(float(r["by_family"][k][f]) for r in reports), 4)
+                for f in fams
+                if all(f in r["by_family"].get(k, {}) for r in reports)
+            }
     return {
         "seed": int(reports[0]["seed"]),
         "seeds": [int(r["seed"]) for r in reports],
@@ -529,20 +538,27 @@ def aggregate(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "accuracy_max": {k: max(v) for k, v in acc.items()},
         "stages": {k: round(v, 2) for k, v in stages.items()},
         "total_s": round(sum(stages.values()), 1),
+        **({"by_family": by_family} if by_family else {}),
         "per_seed": [{"seed": r["seed"], "accuracy": r["accuracy"], "total_s": r.get("total_s")} for r in reports],
     }
 
 
 def print_report(report: dict[str, Any], console) -> None:
-    """Accuracy table (mean ± std over seeds when there are several) and stage times, with rich."""
+    """Accuracy table (mean ± std over seeds when there are several, per family when known) and stage times."""
     from rich.table import Table
 
     std = report.get("accuracy_std") or {}
+    by_family = report.get("by_family") or {}
+    fams = sorted(set().union(*by_family.values())) if by_family else []
     t = Table(title=f"held-out accuracy (n={report['heldout_n']}, seeds={report.get('seeds', [report['seed']])})")
-    t.add_column("model")
-    t.add_column("accuracy", justify="right")
+    t.add_column("model", no_wrap=True)
+    t.add_column("accuracy", justify="right", no_wrap=True)
+    for f in fams:  # family headers wrap at "_" so the table fits an 80-column terminal
+        t.add_column(f.replace("_", " "), justify="right", style="dim", overflow="fold")
     for k, v in report["accuracy"].items():
-        t.add_row(k, f"{v:.3f}" + (f" ± {std[k]:.3f}" if k in std else ""))
+        row = by_family.get(k, {})
+        cells = [f"{row[f]:.3f}" if f in row else "" for f in fams]
+        t.add_row(k, f"{v:.3f}" + (f" ± {std[k]:.3f}" if k in std else ""), *cells)
     console.print(t)
     s = Table(title="stage wall time (s)")
     s.add_column("stage")

@@ -361,7 +361,7 @@ def plot_demo_stages(report: dict[str, Any]) -> Figure:
 
 
 def demo_markdown(report: dict[str, Any]) -> str:
-    """The accuracy comparison and the stage timing table in markdown."""
+    """The accuracy comparison, per-family accuracy (when the report has ``by_family``) and stage times in markdown."""
     acc, std = report["accuracy"], report.get("accuracy_std") or {}
     names = [n for n in DEMO_ORDER if n in acc] + [n for n in acc if n not in DEMO_ORDER]
     lines = [
@@ -374,6 +374,13 @@ def demo_markdown(report: dict[str, Any]) -> str:
     ]
     for n in names:
         lines.append(f"| {n} | {float(acc[n]):.3f}" + (f" ± {float(std[n]):.3f}" if n in std else "") + " |")
+    by_family = report.get("by_family") or {}
+    fams = sorted(set().union(*(by_family.get(n, {}) for n in names)))
+    if fams:
+        lines += ["", "Per task family:", "", "| model | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
+        for n in names:
+            row = by_family.get(n, {})
+            lines.append(f"| {n} | " + " | ".join(f"{float(row[f]):.3f}" if f in row else "" for f in fams) + " |")
     lines += ["", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {float(v):.1f} |" for k, v in report["stages"].items()]
     lines.append(f"| **total** | {sum(float(v) for v in report['stages'].values()):.1f} |")

@@ -95,3 +95,35 @@ def test_world_families_and_teacher_drive_heldout_questions_and_teacher():
         world_families(load_settings("ci", ["world.families=[]"]))
     with pytest.raises(ValueError, match="world.teacher: .*wit"):
         make_teacher(load_settings("ci", ["world.teacher.wit=0.5"]), seed=0)
+
+
+def test_aggregate_and_markdown_show_per_family_accuracy():
+    from zephyr.eval.report import demo_markdown
+
+    reps = [_report(0, [0.0, 0.2, 0.2, 0.4, 0.1], 1.0), _report(1, [0.0, 0.3, 0.2, 0.5, 0.1], 1.0)]
+    reps[0]["by_family"] = {m: {"unit_conversion": 0.0, "count_letter": 0.6} for m in MODELS}
+    reps[1]["by_family"] = {m: {"unit_conversion": 0.2, "count_letter": 0.7} for m in MODELS}
+    reps[1]["by_family"]["ddpo"]["unit_conversion"] = 0.7
+    agg = aggregate(reps)
+    assert agg["by_family"]["ddpo"] == {"count_letter": pytest.approx(0.65), "unit_conversion": pytest.approx(0.35)}
+    assert agg["by_family"]["dsft"]["unit_conversion"] == pytest.approx(0.1)
+    md = demo_markdown(agg)
+    assert "| model | count_letter | unit_conversion |" in md
+    assert "| ddpo | 0.650 | 0.350 |" in md
+    del reps[0]["by_family"]  # an older report without it: no per-family table, no error
+    assert "by_family" not in aggregate(reps) and "Per task family" not in demo_markdown(aggregate(reps))
+
+
+def test_print_report_shows_families_in_80_columns():
+    from rich.console import Console
+
+    from zephyr.demo import print_report
+
+    rep = aggregate([_report(0, [0.0, 0.25, 0.25, 0.45, 0.19], 1.0)] * 2)
+    rep["by_family"] = {m: {"count_letter": 0.7, "reverse_list": 0.0, "unit_conversion": 0.65} for m in MODELS}
+    console = Console(record=True, width=80)
+    print_report(rep, console)
+    text = console.export_text()
+    assert "dsft_compute_matched" in text and "conversion" in text  # names whole, headers folded at "_"
+    assert "0.450 ± 0.000" in text and "0.650" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
