@@ -2,7 +2,8 @@
 
 A FastAPI fake on 127.0.0.1 (random free port, in a thread) answers chat completions for 4 pool models and a
 judge, and injects ~30 % faults: 500s, 429s, timeouts (it sleeps past the client's timeout), and malformed
-replies (judge replies with out-of-range ratings or a missing block; completions with no choices). The
+replies (judge replies with out-of-range ratings or a missing block; completions with no choices), and, in
+``test_truncated_bodies_are_retried``, 200 responses whose JSON body is cut mid-way. The
 collection runs in a subprocess (``python -m zephyr.feedback.cli data feedback``) that is killed with SIGKILL
 mid-way and restarted until it reports completion. Then every prompt x model must be present exactly once with
 valid ratings, no key may have two ``ok`` rows in the stores, and the API key must appear in no file.
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +60,7 @@ def _judge_reply(prompt: str) -> str:
     return "Here is my evaluation.\n\n" + "\n\n".join(blocks)
 
 
-def make_app(faults: Counter, fault_rate: float = 0.3) -> FastAPI:
+def make_app(faults: Counter, fault_rate: float = 0.3, kinds: tuple[str, ...] | None = None) -> FastAPI:
     app = FastAPI()
     rng = random.Random(1234)
     lock = threading.Lock()
@@ -78,6 +79,8 @@ def make_app(faults: Counter, fault_rate: float = 0.3) -> FastAPI:
         fault = None
         if u < fault_rate:
             fault = "500" if kind < 0.33 else "429" if kind < 0.6 else "timeout" if kind < 0.75 else "malformed"
+            if kinds:
+                fault = kinds[int(kind * len(kinds))]
         faults[fault or "ok"] += 1
         if fault == "500":
             return JSONResponse({"error": {"message": "internal"}}, status_code=500)
@@ -96,7 +99,7 @@ def make_app(faults: Counter, fault_rate: float = 0.3) -> FastAPI:
             choices = [] if fault == "malformed" else [
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
             ]  # fmt: skip
-        return {
+        reply = {
             "id": "cmpl-1",
             "object": "chat.completion",
             "created": 0,
@@ -104,15 +107,20 @@ def make_app(faults: Counter, fault_rate: float = 0.3) -> FastAPI:
             "choices": choices,
             "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()), "total_tokens": 1},
         }
+        if fault == "truncated":  # a 200 whose body stops mid-JSON (Content-Length matches the cut body)
+            raw = json.dumps(reply).encode()
+            return Response(raw[: len(raw) // 2], status_code=200, media_type="application/json")
+        return reply
 
     return app
 
 
 @pytest.fixture()
-def server():
+def server(request):
     faults: Counter = Counter()
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(make_app(faults), host="127.0.0.1", port=port, log_level="error"))
+    app = make_app(faults, **getattr(request, "param", {}))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 10
@@ -124,13 +132,13 @@ def server():
     thread.join(timeout=5)
 
 
-def _config(tmp: Path, base_url: str, n_prompts: int) -> Path:
+def _config(tmp: Path, base_url: str, n_prompts: int, max_retries: int = 2) -> Path:
     prompts = tmp / "prompts.jsonl"
     prompts.write_text(
         "".join(json.dumps({"prompt": f"Question {i}: what is {i} + {2 * i}?"}) + "\n" for i in range(n_prompts))
     )
     common = (
-        f"base_url: '{base_url}', api_key_env: ZEPHYR_FAKE_KEY, timeout: 0.5, max_retries: 2, "
+        f"base_url: '{base_url}', api_key_env: ZEPHYR_FAKE_KEY, timeout: 0.5, max_retries: {max_retries}, "
         "backoff_base: 0.01, backoff_max: 0.05"
     )
     pool = "\n".join(f"  - {{type: openai, model: {m}, {common}}}" for m in POOL)
@@ -222,3 +230,29 @@ def test_kill9_resume_under_faults(tmp_path, server):
     for path in [*out.rglob("*"), log]:
         if path.is_file():
             assert KEY not in path.read_text(errors="replace"), path
+
+
+@pytest.mark.parametrize("server", [{"fault_rate": 0.3, "kinds": ("truncated", "truncated", "500")}], indirect=True)
+def test_truncated_bodies_are_retried(tmp_path, server):
+    """200 responses with a body cut mid-JSON are retried like a 5xx: one uninterrupted run completes every row."""
+    base_url, faults = server
+    n_prompts = 12
+    cfg = _config(tmp_path, base_url, n_prompts, max_retries=8)
+    out, log = tmp_path / "out", tmp_path / "collect.log"
+    proc = _run(cfg, out, log)
+    assert proc.wait(timeout=60) == 0, log.read_text()[-2000:]
+    summary = json.loads((out / "feedback_summary.json").read_text())
+    assert summary["complete"] and summary["failed_completions"] == [] and summary["failed_prompts"] == []
+    assert summary["completions"]["failed_now"] == 0 and summary["judging"]["failed_now"] == 0
+    rows = [json.loads(x) for x in (out / "ultrafeedback.jsonl").read_text().splitlines()]
+    assert len(rows) == n_prompts
+    assert all(sorted(c["model"] for c in r["completions"]) == POOL for r in rows)
+    # no failure row was ever written: every bad body was retried within the run
+    assert '"failed"' not in (out / "completions.jsonl").read_text() + (out / "judgements.jsonl").read_text()
+    # the summary counts the bad bodies, per backend and in total, and they equal what the server sent
+    assert faults["truncated"] > 0 and faults["500"] > 0, faults
+    per_backend = summary["backend_calls"]
+    assert sorted(per_backend) == sorted([*POOL, "judge"])
+    assert summary["bad_bodies"] == sum(b["bad_bodies"] for b in per_backend.values()) == faults["truncated"]
+    assert sum(b["retries"] for b in per_backend.values()) == faults["truncated"] + faults["500"]
+    assert sum(b["calls"] for b in per_backend.values()) == sum(faults.values())

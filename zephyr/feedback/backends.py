@@ -4,7 +4,8 @@
 ``openai`` SDK. The API key is read from the environment variable named in the config (``api_key_env``) and
 nowhere else; it is registered with ``redact`` so that error texts written to logs or stores never contain it.
 The SDK's own retries are switched off (``max_retries=0``) so that ours, exponential backoff with full jitter
-on 429 / 5xx / timeouts / connection errors, are the only ones and are counted (``stats``).
+on 429 / 5xx / timeouts / connection errors / 200 responses whose body is not valid JSON (a reply cut mid-body),
+are the only ones and are counted (``stats``; ``bad_bodies`` counts the unparseable bodies).
 
 ``LocalCheckpointBackend`` loads an exported Hugging Face checkpoint folder and generates with its chat template
 (``add_generation_prompt=True``), left-padded batches through ``chat_batch`` for throughput; the generation itself
@@ -16,6 +17,7 @@ is ``zephyr.eval.generate.Generator``, the same code ``zephyr serve`` and ``zeph
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -47,6 +49,11 @@ def redact(text: str) -> str:
     return text
 
 
+def _bad_body(e: Exception) -> bool:
+    """Whether ``e`` is the SDK failing to parse a response body (``json.JSONDecodeError``, bad UTF-8)."""
+    return isinstance(e, (json.JSONDecodeError, UnicodeDecodeError))
+
+
 class OpenAIBackend:
     """An OpenAI-compatible chat endpoint with counted retries.
 
@@ -56,7 +63,8 @@ class OpenAIBackend:
         api_key_env: name of the environment variable holding the key; ``None`` for keyless local servers.
         name: name recorded in datasets (default: ``model``).
         timeout: seconds per HTTP call.
-        max_retries: retries after the first attempt on 429 / 5xx / timeouts / connection errors.
+        max_retries: retries after the first attempt on 429 / 5xx / timeouts / connection errors / bodies that
+            are not valid JSON.
         backoff_base: first backoff ceiling in seconds; doubles each retry (full jitter: uniform(0, ceiling)).
         backoff_max: cap of the backoff ceiling in seconds.
         extra_body: extra JSON fields for servers with non-standard options (e.g. vLLM's ``top_k``).
@@ -99,13 +107,15 @@ class OpenAIBackend:
         self._client = openai.OpenAI(base_url=base_url, api_key=key, timeout=self.timeout, max_retries=0)
         self._rng = random.Random()
         self._stats_lock = threading.Lock()
-        self.stats = {"calls": 0, "retries": 0, "errors": 0}
+        self.stats = {"calls": 0, "retries": 0, "errors": 0, "bad_bodies": 0}
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
 
     def _retryable(self, e: Exception) -> bool:
         o = self._openai
+        if _bad_body(e):
+            return True  # a 200 whose body was cut mid-JSON is as transient as a 5xx
         if isinstance(e, (o.APITimeoutError, o.APIConnectionError, o.RateLimitError, o.InternalServerError)):
             return True
         if isinstance(e, o.APIStatusError):
@@ -165,6 +175,9 @@ class OpenAIBackend:
                     finish_reasons=[c.finish_reason or "stop" for c in resp.choices],
                 )
             except Exception as e:
+                if _bad_body(e):
+                    with self._stats_lock:
+                        self.stats["bad_bodies"] += 1
                 if not self._retryable(e) or attempt == self.max_retries:
                     with self._stats_lock:
                         self.stats["errors"] += 1

@@ -215,6 +215,17 @@ def world_knowledge_of(prompt: Mapping[str, Any]) -> str | None:
     return text
 
 
+def backend_stats(backends: Sequence[ChatBackend]) -> dict[str, dict[str, int]]:
+    """``{name: stats}`` of the backends that count their calls (``OpenAIBackend.stats``: calls, retries,
+    errors, bad_bodies = 200 responses whose body did not parse and were retried or failed); counts of this run."""
+    out: dict[str, dict[str, int]] = {}
+    for b in backends:
+        stats = getattr(b, "stats", None)
+        if isinstance(stats, dict):
+            out[b.name] = dict(stats)
+    return out
+
+
 def collect_feedback(
     prompts: Sequence[Mapping[str, Any]],
     pool: Sequence[ChatBackend],
@@ -298,6 +309,7 @@ def collect_feedback(
     rows = [{k: v for k, v in r.items() if k not in ("usage", "prompt_id")} for r in judged if r is not None]
     write_jsonl(out / "ultrafeedback.jsonl", rows)
     seconds = time.perf_counter() - t0
+    calls = backend_stats([*pool, judge])
     summary = {
         "prompts": len(prompts),
         "pool": names,
@@ -308,6 +320,8 @@ def collect_feedback(
         "failed_prompts": sorted(k[0] for k in failures),
         "failed_completions": completion_failures,
         "example_errors": (s1.errors + s2.errors)[:5],
+        "backend_calls": calls,
+        "bad_bodies": sum(c.get("bad_bodies", 0) for c in calls.values()),
         "seconds": round(seconds, 3),
         "prompts_per_s": round((s2.done / seconds) if seconds > 0 else 0.0, 3),
         "complete": len(rows) == len(prompts),
