@@ -55,6 +55,31 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
     return out
 
 
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``, with a constructor's bad-value error raised as itself, not wrapped.
+
+    Hydra wraps whatever a ``_target_`` raises in ``InstantiationException``, which would reach the user as a
+    traceback. A user error (:data:`zephyr.errors.USER_ERRORS`) is re-raised as it is; a ``ValueError`` (the
+    constructors' way to refuse a value, naming the key) or an unknown keyword argument becomes a
+    :class:`ConfigError`.
+    """
+    from hydra.errors import InstantiationException
+
+    from zephyr.errors import USER_ERRORS
+
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, USER_ERRORS):
+            raise cause from None
+        if isinstance(cause, ValueError):
+            raise ConfigError(str(cause)) from None
+        if isinstance(cause, TypeError) and "keyword argument" in str(cause):
+            raise ConfigError(f"{node.get('_target_')}: {cause}") from None
+        raise
+
+
 def check_model_path(cfg: DictConfig) -> None:
     """A local ``model.path`` that does not exist gets one line saying which command makes it."""
     path = cfg.model.get("path")
@@ -188,7 +213,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.hardware.get("matmul_precision", "highest"))
     tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("path"))
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
+    datamodule = build(cfg.data, tokenizer=tokenizer)
+    datamodule.setup("fit")  # read and validate the data before any model is built: a bad row stops the run now
     from zephyr.scale.launch import apply_kernel_options, compile_model
 
     apply_kernel_options(cfg)
@@ -209,6 +235,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["global_step"] = float(trainer.global_step)
         metrics["runtime_s"] = time.perf_counter() - started
         if cfg.get("export", True):
+            from zephyr.data.chat_template import prompt_format
             from zephyr.models.export import export_hf
             from zephyr.scale.launch import model_to_export
 
@@ -220,6 +247,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     out / "model",
                     dtype=cfg.get("export_dtype"),
                     metadata={"metrics": metrics, "overrides": [scrub(o, secrets) for o in _overrides()]},
+                    prompt_format=prompt_format(cfg.data),
                 )
                 log.info("exported the model to %s", target)
         if trainer.is_global_zero:

@@ -21,7 +21,7 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 class DataError(ValueError):
-    """Bad input data; the message names the file (or dataset) and row."""
+    """Bad input data or a bad ``data.*`` option; the message names the file (or dataset) and row, or the key."""
 
 
 @dataclass
@@ -97,12 +97,19 @@ def read_local_rows(path: str | Path) -> list[dict[str, Any]]:
         FileNotFoundError: the file does not exist.
         DataError: unknown suffix, a line that is not JSON, or a row that is not an object (names file and row).
     """
+    return [row for _, row in read_local_numbered(path)]
+
+
+def read_local_numbered(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """:func:`read_local_rows` with each row's number: the 1-based file line in ``.jsonl`` (blank lines are not
+    rows but keep the count), the 1-based position in a ``.json`` list or a ``.parquet`` file.
+    """
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"data file not found: {p}")
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
-        return [row for _, row in read_jsonl_numbered(p, where="{path}: row {line}", error=DataError)]
+        return read_jsonl_numbered(p, where="{path}: row {line}", error=DataError)
     if suffix == ".json":
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
@@ -115,12 +122,59 @@ def read_local_rows(path: str | Path) -> list[dict[str, Any]]:
         for i, row in enumerate(data, 1):
             if not isinstance(row, dict):
                 raise DataError(f"{p}: row {i}: expected a JSON object, got {type(row).__name__}")
-        return data
+        return list(enumerate(data, 1))
     if suffix == ".parquet":
         from datasets import load_dataset
 
-        return list(load_dataset("parquet", data_files=str(p), split="train"))
+        return list(enumerate(load_dataset("parquet", data_files=str(p), split="train"), 1))
     raise DataError(f"{p}: unsupported file type {suffix!r} (use one of {', '.join(LOCAL_SUFFIXES)})")
+
+
+def _load_hub(name: str, split: str, revision: str | None, limit: int | None) -> list[dict[str, Any]]:
+    """``datasets.load_dataset(name, split=...)``; a dataset that cannot be reached is one :class:`DataError`."""
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(name, split=split, revision=revision)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"dataset {name!r} (split {split!r}) could not be loaded: {e}") from None
+    except (ConnectionError, OSError) as e:  # offline (HF_DATASETS_OFFLINE=1, no network): not in the local cache
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(
+            f"dataset {name!r} (split {split!r}) could not be loaded ({first}); it is not in the local cache: "
+            "download it once with network access, or train on a local file with data.path=FILE"
+        ) from None
+    except ValueError as e:  # e.g. an unknown split name
+        raise DataError(f"dataset {name!r} (split {split!r}) could not be loaded: {e}") from None
+    return list(ds.select(range(min(limit, len(ds))))) if limit else list(ds)
+
+
+def load_numbered_rows(
+    *,
+    path: str | None = None,
+    name: str | None = None,
+    split: str = "train",
+    revision: str | None = None,
+    limit: int | None = None,
+    builtin: Callable[[], Iterable[dict[str, Any]]] | None = None,
+) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
+    """:func:`load_rows` with each row's number (what ``FILE: row N`` messages say; see :func:`read_local_numbered`;
+    hub and built-in rows are numbered from 1).
+    """
+    if path:
+        source, numbered = str(Path(path).expanduser()), read_local_numbered(path)
+    elif name:
+        source = f"{name}[{split}]"
+        numbered = list(enumerate(_load_hub(name, split, revision, limit), 1))
+    elif builtin is not None:
+        source, numbered = "builtin", list(enumerate(builtin(), 1))
+    else:
+        raise DataError("no data source: set data.path (local file) or data.name (hub dataset)")
+    if limit:
+        numbered = numbered[:limit]
+    if not numbered:
+        raise DataError(f"{source}: no rows")
+    return source, numbered
 
 
 def load_rows(
@@ -145,23 +199,7 @@ def load_rows(
     Returns:
         ``(source, rows)`` where ``source`` names the file or ``name[split]`` for error messages.
     """
-    if path:
-        source, rows = str(Path(path).expanduser()), read_local_rows(path)
-    elif name:
-        from datasets import load_dataset
-
-        source = f"{name}[{split}]"
-        try:
-            ds = load_dataset(name, split=split, revision=revision)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"dataset {name!r} (split {split!r}) could not be loaded: {e}") from None
-        rows = list(ds.select(range(min(limit, len(ds))))) if limit else list(ds)
-    elif builtin is not None:
-        source, rows = "builtin", list(builtin())
-    else:
-        raise DataError("no data source: set data.path (local file) or data.name (hub dataset)")
-    if limit:
-        rows = rows[:limit]
-    if not rows:
-        raise DataError(f"{source}: no rows")
-    return source, rows
+    source, numbered = load_numbered_rows(
+        path=path, name=name, split=split, revision=revision, limit=limit, builtin=builtin
+    )
+    return source, [row for _, row in numbered]

@@ -1,23 +1,35 @@
 """LightningDataModules: rows -> examples -> resumable batches, for SFT here and preference pairs in DPO.
 
 One source is chosen by config: ``path`` (local jsonl/json/parquet), ``name`` (hub dataset, ``split`` and
-``eval_split``), or the built-in toy-world dialogues. Without an eval split, ``eval_size`` rows are held out
-with a fixed seed. Every bad or over-long row is either an error naming the file and row or, under the skip
-policies, a counted skip printed in one summary line.
+``eval_split``), or the built-in toy-world dialogues. Eval rows come from ``eval_split`` (hub), ``eval_path`` (a
+local file, e.g. the ``test_sft.jsonl`` / ``test_prefs.jsonl`` that ``zephyr data`` writes), or else are held out
+with a fixed seed: ``eval_size`` rows, or 10 % of the rows (at least 1) when ``eval_size`` is more than half of
+them, so the defaults run on any file with 2 valid rows (one log line says which). Rows are validated before the
+hold-out, so every bad or over-long row is either an error naming the file and row as numbered in the file (the
+1-based jsonl line) or, under the skip policies, a counted skip printed in one summary line.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
 
+from zephyr.data.chat_template import ConversationError
 from zephyr.data.collate import ResumableBatchSampler, ResumableDataLoader, collate_rows
-from zephyr.data.io import RowReport, load_rows
-from zephyr.data.sft import SFTExample, build_sft_examples, check_source, pack_best_fit
+from zephyr.data.io import DataError, RowReport, load_numbered_rows
+from zephyr.data.sft import (
+    SFTExample,
+    build_sft_examples,
+    check_sft_options,
+    check_source,
+    pack_best_fit,
+    validate_sft_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +41,17 @@ def toy_sft_rows(n: int, seed: int) -> list[dict[str, Any]]:
     return sft_dialogues(n, seed)
 
 
+def holdout_size(eval_size: int, n_rows: int) -> int:
+    """Rows to hold out for eval: ``eval_size``, or 10 % of ``n_rows`` (rounded up, at least 1 training row left)
+    when ``eval_size`` is more than half of them; 0 for a single row.
+    """
+    if n_rows < 2 or eval_size <= 0:
+        return 0
+    if eval_size <= n_rows // 2:
+        return eval_size
+    return min(eval_size, max(1, math.ceil(n_rows / 10)), n_rows - 1)
+
+
 class ChatDataModule(pl.LightningDataModule):
     """Shared loading, eval split and resumable loaders; subclasses turn rows into examples.
 
@@ -38,7 +61,9 @@ class ChatDataModule(pl.LightningDataModule):
         name: hub dataset name.
         split: training split of a hub dataset.
         eval_split: eval split of a hub dataset (``None``: hold out ``eval_size`` training rows).
-        eval_size: rows held out for eval when there is no eval split (0 disables eval).
+        eval_path: local eval file (same schema), instead of a hold-out.
+        eval_size: rows held out for eval when there is no eval split or file (0 disables eval); more than half
+            of the rows holds out 10 % of them instead (see :func:`holdout_size`).
         revision: hub dataset revision.
         limit: use only the first ``limit`` rows of each split (quick runs).
         batch_size: micro-batch size per device.
@@ -58,6 +83,7 @@ class ChatDataModule(pl.LightningDataModule):
         name: str | None = None,
         split: str = "train",
         eval_split: str | None = None,
+        eval_path: str | None = None,
         eval_size: int = 0,
         revision: str | None = None,
         limit: int | None = None,
@@ -71,8 +97,15 @@ class ChatDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         check_source(path, name)
+        if eval_path and name and eval_split:
+            raise DataError(f"data.eval_path={eval_path} and data.eval_split={eval_split} are both set; keep one")
+        if on_bad_row not in ("error", "skip"):
+            raise DataError(f"data.on_bad_row={on_bad_row!r} must be one of error, skip")
+        if isinstance(eval_size, bool) or not isinstance(eval_size, int) or eval_size < 0:
+            raise DataError(f"data.eval_size={eval_size!r} must be an integer >= 0")
         self.tokenizer = tokenizer
         self.path, self.name, self.split, self.eval_split = path, name, split, eval_split
+        self.eval_path = eval_path
         self.eval_size, self.revision, self.limit = eval_size, revision, limit
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.max_length, self.on_bad_row, self.num_workers, self.seed = max_length, on_bad_row, num_workers, seed
@@ -80,9 +113,16 @@ class ChatDataModule(pl.LightningDataModule):
         self.train_items: list[Any] | None = None
         self.eval_items: list[Any] = []
         self.reports: list[RowReport] = []
+        self.load_reports: list[RowReport] = []
 
     # subclasses: rows -> items (one item = one dataset element the collator understands)
-    def build_items(self, rows: list[dict[str, Any]], source: str) -> tuple[list[Any], RowReport]:
+    def validate_row(self, row: dict[str, Any]) -> None:
+        """Raise :class:`ConversationError` for a row of the wrong shape (checked before the eval hold-out)."""
+        raise TypeError(f"{type(self).__name__} must override this method")
+
+    def build_items(
+        self, rows: list[dict[str, Any]], source: str, numbers: list[int] | None = None
+    ) -> tuple[list[Any], RowReport]:
         raise TypeError(f"{type(self).__name__} must override this method")
 
     def collate(self, items: list[Any]) -> dict[str, Any]:
@@ -91,37 +131,71 @@ class ChatDataModule(pl.LightningDataModule):
     def builtin_rows(self) -> list[dict[str, Any]]:
         raise TypeError(f"{type(self).__name__} must override this method")
 
-    def _load(self, split: str) -> tuple[str, list[dict[str, Any]]]:
-        return load_rows(
-            path=self.path if split == self.split else None,
-            name=self.name,
+    def _load(self, split: str, path: str | None = None) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
+        """Load and validate one split's rows, numbered as in their file (before any hold-out)."""
+        source, numbered = load_numbered_rows(
+            path=path,
+            name=None if path else self.name,
             split=split,
             revision=self.revision,
             limit=self.limit,
-            builtin=self.builtin_rows if not (self.path or self.name) else None,
+            builtin=self.builtin_rows if not (path or self.name) else None,
         )
+        report = RowReport(source=source, read=len(numbered))
+        valid = []
+        for n, row in numbered:
+            try:
+                self.validate_row(row)
+            except ConversationError as e:
+                if self.on_bad_row == "error":
+                    raise DataError(
+                        f"{source}: row {n}: {e} (set data.on_bad_row=skip to skip and count bad rows)"
+                    ) from None
+                report.skip(str(e), f"{source}: row {n}")
+                continue
+            valid.append((n, row))
+        report.kept = len(valid)
+        self.load_reports.append(report)
+        if report.n_skipped:
+            log.warning("data: %s; first: %s", report.summary(), report.first_errors[0])
+        if not valid:
+            raise DataError(f"{source}: no valid rows ({report.summary()})")
+        return source, valid
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_items is not None:
             return
-        source, rows = self._load(self.split)
-        eval_rows: list[dict[str, Any]] = []
+        source, rows = self._load(self.split, self.path)
+        eval_rows: list[tuple[int, dict[str, Any]]] = []
         eval_source = source
-        if self.name and self.eval_split:
+        if self.eval_path:
+            eval_source, eval_rows = self._load(self.eval_split or self.split, self.eval_path)
+            log.info("data: eval rows from data.eval_path=%s (%d rows)", eval_source, len(eval_rows))
+        elif self.name and self.eval_split:
             eval_source, eval_rows = self._load(self.eval_split)
         elif self.eval_size:
-            if self.eval_size >= len(rows):
-                raise ValueError(f"data.eval_size={self.eval_size} leaves no training rows ({source} has {len(rows)})")
+            n_eval = holdout_size(self.eval_size, len(rows))
+            if n_eval != self.eval_size:
+                log.info(
+                    "data: data.eval_size=%d is more than half of the %d valid rows of %s: holding out %d "
+                    "(10 %%) for eval instead (set data.eval_size, or data.eval_path=FILE)",
+                    self.eval_size,
+                    len(rows),
+                    source,
+                    n_eval,
+                )
             order = list(range(len(rows)))
             random.Random(self.seed).shuffle(order)
-            held = set(order[: self.eval_size])
+            held = set(order[:n_eval])
             eval_rows = [r for i, r in enumerate(rows) if i in held]
             rows = [r for i, r in enumerate(rows) if i not in held]
             eval_source = f"{source} (held-out eval rows)"
-        self.train_items, report = self.build_items(rows, source)
+        self.train_items, report = self.build_items([r for _, r in rows], source, [n for n, _ in rows])
         self.reports = [report]
         if eval_rows:
-            self.eval_items, eval_report = self.build_items(eval_rows, eval_source)
+            self.eval_items, eval_report = self.build_items(
+                [r for _, r in eval_rows], eval_source, [n for n, _ in eval_rows]
+            )
             self.reports.append(eval_report)
         for r in self.reports:
             log.info("data: %s", r.summary())
@@ -174,6 +248,7 @@ class SFTDataModule(ChatDataModule):
         insert_empty_system: bool = True,
         **kwargs: Any,
     ):
+        check_sft_options(loss_on=loss_on, on_bad_row=kwargs.get("on_bad_row", "error"), on_overlong=on_overlong)
         super().__init__(tokenizer, **kwargs)
         self.loss_on, self.on_overlong, self.packing = loss_on, on_overlong, packing
         self.insert_empty_system = insert_empty_system
@@ -181,7 +256,10 @@ class SFTDataModule(ChatDataModule):
     def builtin_rows(self) -> list[dict[str, Any]]:
         return toy_sft_rows(int(self.toy["n"]), int(self.toy.get("seed", 0)))
 
-    def build_items(self, rows, source):
+    def validate_row(self, row: dict[str, Any]) -> None:
+        validate_sft_row(row)
+
+    def build_items(self, rows, source, numbers=None):
         examples, report = build_sft_examples(
             self.tokenizer,
             rows,
@@ -191,6 +269,7 @@ class SFTDataModule(ChatDataModule):
             on_bad_row=self.on_bad_row,
             on_overlong=self.on_overlong,
             insert_empty_system=self.insert_empty_system,
+            numbers=numbers,
         )
         if not self.packing:
             return [[(ex.input_ids, ex.labels)] for ex in examples], report
@@ -202,4 +281,4 @@ class SFTDataModule(ChatDataModule):
         return partial(collate_rows, pad_id=self.tokenizer.pad_token_id)
 
 
-__all__ = ["ChatDataModule", "SFTDataModule", "SFTExample"]
+__all__ = ["ChatDataModule", "SFTDataModule", "SFTExample", "holdout_size"]

@@ -1,8 +1,9 @@
 """Preference-pair data for dDPO: the built-in toy-world pairs, a local file, or a hub dataset, as padding-free batches.
 
 Rows use the ``HuggingFaceH4/ultrafeedback_binarized`` schema (see :mod:`zephyr.data.preference`). Every row is
-validated right after loading, before the eval hold-out, so an error or a counted skip names the row as it is in
-the file (1-based, the jsonl line). Tokenisation and truncation are :func:`zephyr.data.preference.tokenize_pair`.
+validated right after loading, before the eval hold-out (``ChatDataModule._load``), so an error or a counted skip
+names the row as it is in the file (1-based, the jsonl line). Tokenisation and truncation are
+:func:`zephyr.data.preference.tokenize_pair`.
 
 Batch layout: a batch of B pairs becomes 2B rows, ``[prompt_1 + chosen_1, ..., prompt_B + chosen_B,
 prompt_1 + rejected_1, ...]`` (TRL's ``concatenated_forward`` order), laid out by
@@ -36,7 +37,6 @@ from typing import Any
 
 import torch
 
-from zephyr.data.chat_template import ConversationError
 from zephyr.data.collate import IGNORE_INDEX, collate_rows
 from zephyr.data.io import DataError, RowReport
 from zephyr.data.module import ChatDataModule
@@ -167,48 +167,26 @@ class PreferenceDataModule(ChatDataModule):
         **kwargs: Any,
     ):
         if layout not in LAYOUTS:
-            raise ValueError(f"data.layout={layout!r} must be one of {', '.join(LAYOUTS)}")
+            raise DataError(f"data.layout={layout!r} must be one of {', '.join(LAYOUTS)}")
         if not 1 < max_prompt_length < max_length:
-            raise ValueError(
+            raise DataError(
                 f"data.max_prompt_length={max_prompt_length} must be > 1 and < data.max_length={max_length}"
             )
-        if kwargs.get("on_bad_row", "error") not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_row={kwargs['on_bad_row']!r} must be 'error' or 'skip'")
         super().__init__(tokenizer, max_length=max_length, **kwargs)
         self.max_prompt_length = max_prompt_length
         self.insert_empty_system = insert_empty_system
         self.cache_dir = cache_dir
         self.layout = layout
-        self.load_reports: list[RowReport] = []
 
     def builtin_rows(self) -> list[dict[str, Any]]:
         return toy_preference_rows(int(self.toy["n"]), int(self.toy.get("seed", 0)), self.cache_dir)
 
-    def _load(self, split: str) -> tuple[str, list[dict[str, Any]]]:
-        """Load and validate rows; numbering is the file's (before any hold-out)."""
-        source, rows = super()._load(split)
-        report = RowReport(source=source, read=len(rows))
-        valid = []
-        for n, row in enumerate(rows, 1):
-            try:
-                validate_pair(row)
-            except ConversationError as e:
-                if self.on_bad_row == "error":
-                    raise DataError(
-                        f"{source}: row {n}: {e} (set data.on_bad_row=skip to skip and count bad rows)"
-                    ) from None
-                report.skip(str(e), f"{source}: row {n}")
-                continue
-            valid.append(row)
-        report.kept = len(valid)
-        self.load_reports.append(report)
-        if report.n_skipped:
-            log.warning("data: %s; first: %s", report.summary(), report.first_errors[0])
-        if not valid:
-            raise DataError(f"{source}: no valid preference rows ({report.summary()})")
-        return source, valid
+    def validate_row(self, row: dict[str, Any]) -> None:
+        validate_pair(row)
 
-    def build_items(self, rows: list[dict[str, Any]], source: str) -> tuple[list[dict[str, Any]], RowReport]:
+    def build_items(
+        self, rows: list[dict[str, Any]], source: str, numbers: list[int] | None = None
+    ) -> tuple[list[dict[str, Any]], RowReport]:
         report = RowReport(source=source, read=len(rows))
         items = []
         for i, row in enumerate(rows):

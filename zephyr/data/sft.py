@@ -27,6 +27,25 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 ON_BAD_ROW = ("error", "skip")
 ON_OVERLONG = ("error", "skip", "truncate")
+LOSS_ON = ("assistant", "all")
+
+
+def check_sft_options(*, loss_on: str = "assistant", on_bad_row: str = "error", on_overlong: str = "error") -> None:
+    """Refuse an unknown ``data.loss_on`` / ``data.on_bad_row`` / ``data.on_overlong`` (a :class:`DataError`)."""
+    for key, value, allowed in (
+        ("loss_on", loss_on, LOSS_ON),
+        ("on_bad_row", on_bad_row, ON_BAD_ROW),
+        ("on_overlong", on_overlong, ON_OVERLONG),
+    ):
+        if value not in allowed:
+            raise DataError(f"data.{key}={value!r} must be one of {', '.join(allowed)}")
+
+
+def validate_sft_row(row: dict[str, Any]) -> list[dict[str, str]]:
+    """The row's validated ``messages``; raises :class:`ConversationError` saying what is wrong."""
+    if "messages" not in row:
+        raise ConversationError(f"missing 'messages' column (row has {', '.join(sorted(row)) or 'no keys'})")
+    return validate_messages(row["messages"])
 
 
 @dataclass
@@ -72,8 +91,7 @@ def tokenize_conversation(
         The example; ``labels[i]`` is ``input_ids[i]`` where the loss counts and ``-100`` elsewhere. The
         one-token shift happens in the loss.
     """
-    if loss_on not in ("assistant", "all"):
-        raise ValueError(f"data.loss_on={loss_on!r} must be 'assistant' or 'all'")
+    check_sft_options(loss_on=loss_on)
     if insert_empty_system:
         messages = with_system(messages)
     text, spans = _assistant_spans(tokenizer, messages)
@@ -99,6 +117,7 @@ def build_sft_examples(
     on_bad_row: str = "error",
     on_overlong: str = "error",
     insert_empty_system: bool = True,
+    numbers: list[int] | None = None,
 ) -> tuple[list[SFTExample], RowReport]:
     """Validate and tokenize every row.
 
@@ -111,6 +130,8 @@ def build_sft_examples(
         on_bad_row: ``"error"`` stops at the first bad row; ``"skip"`` counts it in the report.
         on_overlong: ``"error"``, ``"skip"`` (counted) or ``"truncate"`` (cut at ``max_length``, counted).
         insert_empty_system: see :func:`tokenize_conversation`.
+        numbers: each row's number in its file, for messages (default: 1, 2, ...; see
+            :func:`zephyr.data.io.load_numbered_rows`).
 
     Returns:
         ``(examples, report)``.
@@ -118,19 +139,16 @@ def build_sft_examples(
     Raises:
         DataError: ``"{source}: row {n}: {reason}"`` under the error policies.
     """
-    if on_bad_row not in ON_BAD_ROW:
-        raise ValueError(f"data.on_bad_row={on_bad_row!r} must be one of {ON_BAD_ROW}")
-    if on_overlong not in ON_OVERLONG:
-        raise ValueError(f"data.on_overlong={on_overlong!r} must be one of {ON_OVERLONG}")
+    check_sft_options(loss_on=loss_on, on_bad_row=on_bad_row, on_overlong=on_overlong)
+    if numbers is None:
+        numbers = list(range(1, len(rows) + 1))
     report = RowReport(source)
     examples: list[SFTExample] = []
-    for n, row in enumerate(rows, 1):
+    for n, row in zip(numbers, rows, strict=True):
         report.read += 1
         where = f"{source}: row {n}"
         try:
-            if "messages" not in row:
-                raise ConversationError(f"missing 'messages' column (row has {', '.join(sorted(row)) or 'no keys'})")
-            messages = validate_messages(row["messages"])
+            messages = validate_sft_row(row)
         except ConversationError as e:
             if on_bad_row == "error":
                 raise DataError(f"{where}: {e} (set data.on_bad_row=skip to skip and count bad rows)") from None
@@ -198,7 +216,9 @@ __all__ = [
     "SFTExample",
     "DataError",
     "build_sft_examples",
+    "check_sft_options",
     "check_source",
     "pack_best_fit",
     "tokenize_conversation",
+    "validate_sft_row",
 ]
