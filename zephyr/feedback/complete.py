@@ -217,7 +217,8 @@ def world_knowledge_of(prompt: Mapping[str, Any]) -> str | None:
 
 def backend_stats(backends: Sequence[ChatBackend]) -> dict[str, dict[str, int]]:
     """``{name: stats}`` of the backends that count their calls (``OpenAIBackend.stats``: calls, retries,
-    errors, bad_bodies = 200 responses whose body did not parse and were retried or failed); counts of this run."""
+    errors, bad_bodies = 200 responses whose body did not parse and were retried or failed); counts of this run.
+    """
     out: dict[str, dict[str, int]] = {}
     for b in backends:
         stats = getattr(b, "stats", None)
