@@ -3,16 +3,24 @@
 Readers see either the old file or the complete new one, never a torn one, even after ``kill -9`` or a power
 cut mid-write (the rename is atomic on POSIX file systems; the fsync makes the new content durable first).
 Checkpoints, metrics, resolved configs and finished JSONL datasets are all written through ``atomic_open``.
+
+Append-only JSONL logs of paid work (MT-Bench answers and judgments) go through ``append_jsonl``: each call's
+rows are written, flushed and fsynced before it returns, so a crash loses at most the row being written;
+``cut_torn_tail`` drops the torn last line such a crash can leave, before the file is read back.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -42,3 +50,45 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, encoding: str | Non
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+    """Append ``rows`` to the JSONL file ``path`` (created with its parents), flushed and fsynced on return."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def cut_torn_tail(path: str | os.PathLike) -> int:
+    """Cut off a torn last line of the JSONL file ``path`` (no trailing newline, or not JSON) left by a crash.
+
+    Returns:
+        1 when a torn line was removed (and logged), else 0 (also when ``path`` does not exist).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    body = data.rstrip(b"\n")
+    if not body:
+        return 0
+    start = body.rfind(b"\n") + 1
+    last = body[start:]
+    torn = not data.endswith(b"\n")
+    if not torn:
+        try:
+            json.loads(last)
+        except ValueError:
+            torn = True
+    if not torn:
+        return 0
+    log.warning("%s: torn last line (%d bytes) from an interrupted write; cut off", path, len(last))
+    with open(path, "r+b") as f:
+        f.truncate(start)
+        f.flush()
+        os.fsync(f.fileno())
+    return 1

@@ -21,7 +21,6 @@ offline ``zephyr.eval.judges.ToyVerifierJudge``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -35,6 +34,7 @@ from typing import Any
 
 from zephyr.chat import ChatBackend
 from zephyr.data.io import read_jsonl_numbered
+from zephyr.fileio import append_jsonl, cut_torn_tail
 
 TEMPERATURE_CONFIG = {
     "writing": 0.7,
@@ -123,10 +123,16 @@ def answer_turns(row: dict[str, Any]) -> list[str]:
 
 
 def _append(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
+    """Append rows durably (flush + fsync) the moment they exist: a crash or Ctrl-C loses no paid call."""
+    append_jsonl(path, rows)
+
+
+def _existing(path: Path | None) -> list[dict[str, Any]]:
+    """Rows already in an append-only output file (a torn last line from a crash is cut off first)."""
+    if path is None or not path.exists():
+        return []
+    cut_torn_tail(path)
+    return [r for _, r in read_jsonl_numbered(path)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,6 +169,7 @@ def generate_answers(
 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    cut_torn_tail(out)
     done = load_answers(out) if out.exists() else {}
     model_id = model_id or backend.name
     todo = [q for q in questions if q["question_id"] not in done]
@@ -455,8 +462,9 @@ def judge_single(
     """Grade every (question, turn) of one model's answers; append judgment rows to ``out_path``.
 
     Rows: ``{question_id, model, judge: [judge_name, prompt_name], user_prompt, judgment, score, turn, tstamp}``
-    (FastChat's ``model_judgment/*_single.jsonl``). Rows already in ``out_path`` for the same question,
-    model, judge and turn are reused (resume).
+    (FastChat's ``model_judgment/*_single.jsonl``). Each row is appended (flushed and fsynced) as soon as
+    its judgment arrives, so an interrupted run keeps every finished judgment; rows already in ``out_path``
+    for the same question, model, judge and turn are reused (resume: a rerun asks only the missing ones).
 
     Raises:
         ValueError: when a question has no answer, or an answer has fewer turns than its question.
@@ -464,12 +472,9 @@ def judge_single(
     from rich.progress import Progress
 
     judge_name = judge_name or judge.name
-    existing: dict[tuple, dict[str, Any]] = {}
     out = Path(out_path) if out_path is not None else None
-    if out is not None and out.exists():
-        for _, r in read_jsonl_numbered(out):
-            existing[(r["question_id"], r["model"], r["judge"][0], r["turn"])] = r
-    rows, new = [], []
+    existing = {(r["question_id"], r["model"], r["judge"][0], r["turn"]): r for r in _existing(out)}
+    rows = []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"judging ({judge_name})", total=len(questions))
         for q in questions:
@@ -497,11 +502,9 @@ def judge_single(
                     "tstamp": time.time(),
                 }
                 rows.append(row)
-                new.append(row)
+                if out is not None:
+                    _append(out, [row])
             bar.advance(task)
-    if out is not None and new:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _append(out, new)
     return rows
 
 
@@ -591,8 +594,12 @@ def judge_pairwise(
 
     Rows (FastChat's ``*_pair.jsonl`` shape): ``{question_id, model_1, model_2, g1_winner, g2_winner, judge,
     g1_user_prompt, g1_judgment, g2_user_prompt, g2_judgment, turn, tstamp}`` with winners as model names.
+    Each row is appended (flushed and fsynced) to ``out_path`` as soon as both its games are judged; rows
+    already there for the same question, models, judge and turn are reused (resume).
     """
     judge_name = judge_name or judge.name
+    out = Path(out_path) if out_path is not None else None
+    existing = {(r["question_id"], r["model_1"], r["model_2"], r["judge"][0], r["turn"]): r for r in _existing(out)}
     rows = []
     for q in questions:
         a1, a2 = answers_1.get(q["question_id"]), answers_2.get(q["question_id"])
@@ -602,26 +609,28 @@ def judge_pairwise(
         if names["model_1"] == names["model_2"]:
             names = {"model_1": names["model_1"] + " (1)", "model_2": names["model_2"] + " (2)"}
         for turn in range(1, min(2, len(q["turns"])) + 1):
+            key = (q["question_id"], names["model_1"], names["model_2"], judge_name, turn)
+            if key in existing:
+                rows.append(existing[key])
+                continue
             g = judge_pair(judge, q, answer_turns(a1), answer_turns(a2), turn)
-            rows.append(
-                {
-                    "question_id": q["question_id"],
-                    "model_1": names["model_1"],
-                    "model_2": names["model_2"],
-                    "g1_winner": names.get(g["g1_winner"], g["g1_winner"]),
-                    "g2_winner": names.get(g["g2_winner"], g["g2_winner"]),
-                    "judge": [judge_name, g["prompt_name"]],
-                    "g1_user_prompt": g["g1_user_prompt"],
-                    "g1_judgment": g["g1_judgment"],
-                    "g2_user_prompt": g["g2_user_prompt"],
-                    "g2_judgment": g["g2_judgment"],
-                    "turn": turn,
-                    "tstamp": time.time(),
-                }
-            )
-    if out_path is not None:
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        _append(Path(out_path), rows)
+            row = {
+                "question_id": q["question_id"],
+                "model_1": names["model_1"],
+                "model_2": names["model_2"],
+                "g1_winner": names.get(g["g1_winner"], g["g1_winner"]),
+                "g2_winner": names.get(g["g2_winner"], g["g2_winner"]),
+                "judge": [judge_name, g["prompt_name"]],
+                "g1_user_prompt": g["g1_user_prompt"],
+                "g1_judgment": g["g1_judgment"],
+                "g2_user_prompt": g["g2_user_prompt"],
+                "g2_judgment": g["g2_judgment"],
+                "turn": turn,
+                "tstamp": time.time(),
+            }
+            rows.append(row)
+            if out is not None:
+                _append(out, [row])
     return rows
 
 

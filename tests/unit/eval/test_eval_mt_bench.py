@@ -267,3 +267,63 @@ def test_mt_bench_cli_toy_teacher_and_verifier_judge(tmp_path, capsys):
     assert "MT-Bench (single" in capsys.readouterr().out
     assert main(["eval", "mt-bench", "--backend", "{bad", "--questions", str(qfile)]) == 2
     assert "--backend: not valid JSON" in capsys.readouterr().err
+
+
+class Interrupted(BaseException):
+    """What Ctrl-C (KeyboardInterrupt) or a dying process looks like to the judging loop."""
+
+
+class DyingJudge(ScriptedBackend):
+    """A judge that answers ``k`` calls and then raises ``Interrupted`` (a crash mid-judging)."""
+
+    def __init__(self, name, fn, k):
+        super().__init__(name, fn)
+        self.k = k
+
+    def chat(self, messages, **kw):
+        if self.k is not None and len(self.calls) >= self.k:
+            raise Interrupted
+        return super().chat(messages, **kw)
+
+
+def _answer_rows(model, prefix):
+    return _answers(model, {q["question_id"]: [f"{prefix}{q['question_id']}a", f"{prefix}b"] for q in QUESTIONS})
+
+
+def test_judge_single_keeps_judgments_of_an_interrupted_run_and_resumes(tmp_path):
+    out = tmp_path / "model_judgment" / "j_single.jsonl"
+    answers = _answer_rows("m", "x")
+    dying = DyingJudge("j", lambda msgs: "Rating: [[7]]", k=4)
+    with pytest.raises(Interrupted):
+        mb.judge_single(QUESTIONS, answers, dying, out)
+    on_disk = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["question_id"], r["turn"]) for r in on_disk] == [(81, 1), (81, 2), (111, 1), (111, 2)]
+    with open(out, "a") as f:  # a kill -9 mid-write leaves a torn last line: it is cut, not glued or counted
+        f.write('{"question_id": 131, "model": "m", "judge": ["j", ')
+    rerun = DyingJudge("j", lambda msgs: "Rating: [[8]]", k=None)
+    rows = mb.judge_single(QUESTIONS, answers, rerun, out)
+    assert len(rerun.calls) == 2  # only the two missing judgments are asked for
+    assert [(r["question_id"], r["turn"], r["score"]) for r in rows] == [
+        (81, 1, 7.0), (81, 2, 7.0), (111, 1, 7.0), (111, 2, 7.0), (131, 1, 8.0), (131, 2, 8.0),
+    ]  # fmt: skip
+    keys = [(r["question_id"], r["turn"]) for r in map(json.loads, out.read_text().splitlines())]
+    assert sorted(keys) == sorted({(q["question_id"], t) for q in QUESTIONS for t in (1, 2)})  # each exactly once
+
+
+def test_judge_pairwise_appends_each_verdict_and_resumes(tmp_path):
+    out = tmp_path / "j_pair.jsonl"
+    a1, a2 = _answer_rows("m1", "x"), _answer_rows("m2", "y")
+    dying = DyingJudge("j", lambda msgs: "[[A]]", k=5)  # 2 games per verdict: dies in the 3rd verdict
+    with pytest.raises(Interrupted):
+        mb.judge_pairwise(QUESTIONS, a1, a2, dying, out)
+    assert [(r["question_id"], r["turn"]) for r in map(json.loads, out.read_text().splitlines())] == [
+        (81, 1), (81, 2)
+    ]  # fmt: skip
+    rerun = DyingJudge("j", lambda msgs: "[[B]]", k=None)
+    rows = mb.judge_pairwise(QUESTIONS, a1, a2, rerun, out)
+    assert len(rerun.calls) == 2 * 4  # the 4 missing verdicts, two games each
+    assert [r["g1_winner"] for r in rows] == ["m1", "m1", "m2", "m2", "m2", "m2"]
+    again = DyingJudge("j", lambda msgs: "[[C]]", k=0)  # a third run asks nothing and writes nothing
+    assert mb.judge_pairwise(QUESTIONS, a1, a2, again, out) == rows
+    lines = out.read_text().splitlines()
+    assert len(lines) == 6 and len({(json.loads(x)["question_id"], json.loads(x)["turn"]) for x in lines}) == 6
