@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,8 @@ class RowReport:
     first_errors: list[str] = field(default_factory=list)
 
     def skip(self, reason: str, where: str) -> None:
-        key = reason.split(":")[0][:80]
+        # one key per kind of problem: numbers (turn, token counts) vary per row, the words do not; never cut
+        key = re.sub(r"\d+", "N", reason.split(": ")[0] if reason.startswith("over-long") else reason)
         self.skipped[key] = self.skipped.get(key, 0) + 1
         if len(self.first_errors) < 5:
             self.first_errors.append(f"{where}: {reason}")

@@ -1,4 +1,4 @@
-"""Eval rows: a hold-out that fits any file with 2 valid rows, or ``data.eval_path`` (the files ``zephyr data`` writes)."""
+"""Eval rows: a hold-out that fits any file with 2 valid rows, or ``data.eval_path`` (what ``zephyr data`` writes)."""
 
 from __future__ import annotations
 
