@@ -39,7 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zephyr.chat import ChatResponse
-from zephyr.data.chat_template import with_system
+from zephyr.data.chat_template import prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,6 @@ def model_config(settings: DictConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # Generation with the training-time prompt rendering
 # --------------------------------------------------------------------------------------------------
-def prompt_ids(tokenizer, messages: Sequence[dict[str, str]]) -> list[int]:
-    """Token ids of a prompt exactly as dSFT/DPO training rendered it: empty system turn, chat template, BOS."""
-    text = tokenizer.apply_chat_template(with_system(list(messages)), tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=True)["input_ids"]
-
-
 @torch.inference_mode()
 def generate(
     model,
@@ -119,6 +113,7 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    insert_empty_system: bool = True,
 ) -> list[tuple[str, int, int]]:
     """Answer conversations in left-padded batches (prompts sorted by length, so little padding).
 
@@ -131,11 +126,12 @@ def generate(
         temperature: 0 = greedy decoding.
         top_p: nucleus mass when sampling.
         seed: seeds torch for this call when sampling (global RNG state restored afterwards).
+        insert_empty_system: the prompt format the model was trained with (its export's ``prompt_format``).
 
     Returns:
         ``(text, prompt_tokens, completion_tokens)`` per conversation, in input order.
     """
-    ids = [prompt_ids(tokenizer, c) for c in conversations]
+    ids = [prompt_ids(tokenizer, c, insert_empty_system=insert_empty_system) for c in conversations]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     out: list[tuple[str, int, int] | None] = [None] * len(ids)
@@ -173,8 +169,8 @@ def generate(
 class PolicyBackend:
     """A trained checkpoint as a pool member (``ChatBackend`` with batched ``chat_batch``).
 
-    Prompts are rendered the way dSFT/DPO training rendered them (empty system turn + BOS); the generic
-    ``zephyr.feedback.backends.LocalCheckpointBackend`` renders the messages as given (no system turn).
+    Prompts are rendered as the checkpoint's training rendered them (its export's ``prompt_format``), by the
+    same function as every other generation path (:func:`zephyr.data.chat_template.prompt_ids`).
 
     Args:
         path: exported checkpoint folder (``config.json``, weights, tokenizer).
@@ -185,10 +181,12 @@ class PolicyBackend:
     def __init__(self, path: str | os.PathLike, name: str, batch_size: int = 64):
         from transformers import AutoModelForCausalLM
 
+        from zephyr.models.export import load_prompt_format
         from zephyr.tokenizer import load_tokenizer
 
         self.name = name
         self.batch_size = int(batch_size)
+        self.insert_empty_system = load_prompt_format(path)["insert_empty_system"]
         self.tokenizer = load_tokenizer(str(path))
         self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
 
@@ -205,6 +203,7 @@ class PolicyBackend:
             generate(
                 self.model, self.tokenizer, batch, max_new_tokens=max_tokens, batch_size=self.batch_size,
                 temperature=temperature, top_p=top_p, seed=None if seed is None else int(seed) + j,
+                insert_empty_system=self.insert_empty_system,
             )
             for j in range(int(n))
         ]  # fmt: skip

@@ -59,6 +59,32 @@ def with_system(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     return messages
 
 
+def prompt_format(data_cfg: Any) -> dict[str, bool]:
+    """How a run renders prompts, as its export records it (``zephyr_export.json`` ``prompt_format``).
+
+    Args:
+        data_cfg: the run's ``data`` config (a mapping; ``insert_empty_system`` defaults to True, as in conf/data).
+    """
+    return {"insert_empty_system": bool(data_cfg.get("insert_empty_system", True))}
+
+
+def render_prompt(tokenizer, messages: Sequence[dict[str, str]], *, insert_empty_system: bool) -> str:
+    """A prompt as text: the chat template with the generation prompt, after an empty system turn if asked.
+
+    The one prompt rendering of the project: training (SFT conversations and DPO prompts), ``zephyr serve``,
+    ``zephyr generate``, MT-Bench answers, the feedback pipeline's local checkpoints and the demo all call it
+    (through :func:`prompt_ids`), so a model is queried in exactly the format it was trained on.
+    """
+    messages = with_system(messages) if insert_empty_system else list(messages)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer, messages: Sequence[dict[str, str]], *, insert_empty_system: bool) -> list[int]:
+    """Token ids of :func:`render_prompt`'s text; the tokenizer adds BOS (the template emits none)."""
+    text = render_prompt(tokenizer, messages, insert_empty_system=insert_empty_system)
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
 def validate_messages(messages: Any, *, require_assistant_last: bool = False) -> list[dict[str, str]]:
     """Check one conversation and return it as a list of ``{"role", "content"}`` dicts.
 

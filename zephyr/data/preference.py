@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from zephyr.data.chat_template import ConversationError, validate_messages, with_system
+from zephyr.data.chat_template import ConversationError, render_prompt, validate_messages, with_system
 
 __all__ = [
     "IGNORE_INDEX",
@@ -143,7 +143,7 @@ def tokenize_pair(
     prompt_messages, chosen_turn, rejected_turn = validate_pair(row)
     if insert_empty_system:
         prompt_messages = with_system(prompt_messages)
-    prompt_text = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
+    prompt_text = render_prompt(tokenizer, prompt_messages, insert_empty_system=False)  # system turn added above
 
     # Tokenise prompt+completion together and cut at the prompt's own length (TRL 0.7 ``build_tokenized_answer``).
     # If SentencePiece merged the prompt's last token with the completion's first characters, the cut moves back

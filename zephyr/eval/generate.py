@@ -9,8 +9,10 @@ Two code paths share one model and one tokenizer:
 * ``Generator.generate_batch`` runs ``model.generate`` over a left-padded batch (padding on the left so every
   row's last prompt token sits at the same position, where generation continues). ``zephyr generate`` uses it.
 
-Prompts are the checkpoint's own chat template (``apply_chat_template(..., add_generation_prompt=True)``);
-the template emits no BOS, the tokenizer adds ``<s>`` when the rendered text is tokenized.
+Prompts are rendered by :func:`zephyr.data.chat_template.prompt_ids` (the checkpoint's own chat template with the
+generation prompt), in the format the checkpoint was trained on: ``from_dir`` reads it from the export record
+(``prompt_format``: whether training inserted an empty system turn), so serving, ``zephyr generate``, MT-Bench
+answers and the feedback pipeline query a model exactly as its dSFT/dDPO run rendered prompts.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from zephyr.chat import ChatResponse
+from zephyr.data.chat_template import prompt_ids
 from zephyr.data.io import read_jsonl_numbered
 
 GREEDY_BELOW = 1e-4  # FastChat's rule: temperature < 1e-4 means greedy
@@ -93,10 +96,13 @@ class Generator:
         model: a causal LM (already on its device, in eval mode).
         tokenizer: its tokenizer, with a chat template.
         model_id: the name reported to clients (default: the checkpoint directory's name).
+        insert_empty_system: render prompts with an empty system turn first when there is none (as training
+            does by default; ``from_dir`` takes it from the export record).
     """
 
-    def __init__(self, model, tokenizer, model_id: str = "model"):
+    def __init__(self, model, tokenizer, model_id: str = "model", *, insert_empty_system: bool = False):
         self.model = model
+        self.insert_empty_system = bool(insert_empty_system)
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.device = next(model.parameters()).device
@@ -115,6 +121,7 @@ class Generator:
         """
         from transformers import AutoModelForCausalLM
 
+        from zephyr.models.export import load_prompt_format
         from zephyr.tokenizer import load_tokenizer
 
         path = Path(model_dir)
@@ -123,12 +130,12 @@ class Generator:
         tok = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
         model.to(device).eval()
-        return cls(model, tok, model_id=path.resolve().name)
+        fmt = load_prompt_format(path)
+        return cls(model, tok, model_id=path.resolve().name, insert_empty_system=fmt["insert_empty_system"])
 
     def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Token ids of ``messages`` rendered by the chat template with the generation prompt (BOS first)."""
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        """Token ids of ``messages`` as the checkpoint's training rendered prompts (BOS first)."""
+        return prompt_ids(self.tokenizer, messages, insert_empty_system=self.insert_empty_system)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -2,7 +2,9 @@
 
 The directory gets ``model.safetensors`` (sharded above 5 GB), ``config.json``, ``generation_config.json``
 (eos ``</s>``, pad = eos, the model card's sampling defaults) and the tokenizer files with the Zephyr chat
-template. Writes go to a temporary sibling directory that is renamed into place, so an interrupted export
+template, and ``zephyr_export.json`` records how the run rendered prompts (``prompt_format``), so serving,
+generation and evaluation render exactly as training did (:func:`load_prompt_format`). Writes go to a
+temporary sibling directory that is renamed into place, so an interrupted export
 never leaves a half-written model where a later stage would load it.
 """
 
@@ -20,6 +22,9 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from zephyr.tokenizer import save_tokenizer
 
+EXPORT_RECORD = "zephyr_export.json"
+PROMPT_FORMAT_KEY = "prompt_format"
+
 
 def export_hf(
     model: PreTrainedModel,
@@ -29,6 +34,7 @@ def export_hf(
     state_dict: dict[str, torch.Tensor] | None = None,
     dtype: str | None = None,
     metadata: dict[str, Any] | None = None,
+    prompt_format: dict[str, bool] | None = None,
 ) -> Path:
     """Save ``model`` and ``tokenizer`` to ``out_dir`` in Hugging Face format.
 
@@ -39,6 +45,8 @@ def export_hf(
         state_dict: full (gathered) weights when the model is sharded (FSDP/ZeRO-3); default the model's own.
         dtype: ``"bfloat16"``/``"float32"`` to cast the saved weights; default unchanged.
         metadata: extra facts written to ``zephyr_export.json`` (run config, steps, metrics).
+        prompt_format: how training rendered prompts (:func:`zephyr.data.chat_template.prompt_format`);
+            recorded in ``zephyr_export.json`` for :func:`load_prompt_format`.
 
     Returns:
         The export directory.
@@ -65,8 +73,11 @@ def export_hf(
         )
         gen.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
-        if metadata:
-            (tmp / "zephyr_export.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+        record = dict(metadata or {})
+        if prompt_format is not None:
+            record[PROMPT_FORMAT_KEY] = dict(prompt_format)
+        if record:
+            (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -79,3 +90,18 @@ def export_hf(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def load_prompt_format(model_dir: str | os.PathLike) -> dict[str, bool]:
+    """How the checkpoint in ``model_dir`` was trained to see prompts (``prompt_format`` of its export record).
+
+    A checkpoint that zephyr did not export (a hub model, a plain HF directory) has no record: its prompts are
+    rendered as given, the way ``transformers.pipeline`` + ``apply_chat_template`` would.
+    """
+    path = Path(model_dir) / EXPORT_RECORD
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable export record ({e})") from None
+    fmt = record.get(PROMPT_FORMAT_KEY) or {}
+    return {"insert_empty_system": bool(fmt.get("insert_empty_system", False))}

@@ -15,6 +15,7 @@ def export_checkpoint(ckpt: str, out: str, *, config: str | None = None, dtype: 
     import torch
     from omegaconf import OmegaConf
 
+    from zephyr.data.chat_template import prompt_format
     from zephyr.models.export import export_hf
     from zephyr.tokenizer import load_tokenizer
 
@@ -33,7 +34,7 @@ def export_checkpoint(ckpt: str, out: str, *, config: str | None = None, dtype: 
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     tok = load_tokenizer(mcfg.get("tokenizer") or mcfg.get("path"))
-    return export_hf(model, tok, out, dtype=dtype)
+    return export_hf(model, tok, out, dtype=dtype, prompt_format=prompt_format(cfg.data))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from zephyr.demo import MODELS, aggregate, load_settings, prompt_ids, run_demo
+from zephyr.data.chat_template import prompt_ids
+from zephyr.demo import MODELS, aggregate, load_settings, run_demo
 
 pytestmark = pytest.mark.unit
 
@@ -71,7 +72,7 @@ def test_prompt_rendering_matches_training(tokenizer):
     from zephyr.data.sft import tokenize_conversation
 
     msgs = [{"role": "user", "content": "What is 12 + 30?"}]
-    ids = prompt_ids(tokenizer, msgs)
+    ids = prompt_ids(tokenizer, msgs, insert_empty_system=True)
     full = tokenize_conversation(tokenizer, [*msgs, {"role": "assistant", "content": "The answer is 42."}])
     assert ids[0] == tokenizer.bos_token_id
     assert full.input_ids[: len(ids)] == ids  # the generation prompt is the training prefix, token for token
