@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,20 @@ from pathlib import Path
 from typing import IO, Any
 
 log = logging.getLogger(__name__)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (``os.umask`` sets while it reads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 @contextmanager
@@ -34,14 +49,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, encoding: str | Non
 
     Yields:
         The open temporary file (named ``.NAME.<random>.tmp`` next to ``path``). When the block raises, the
-        temporary file is removed and ``path`` is left as it was.
+        temporary file is removed and ``path`` is left as it was. The new file gets the mode a plain ``open()``
+        would give it: the existing file's mode when ``path`` exists, else ``0o666`` minus the umask (0644
+        under umask 022), not ``mkstemp``'s private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
+    try:
+        mode_bits = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode_bits = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode_bits)
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
