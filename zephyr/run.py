@@ -37,6 +37,26 @@ def check_required(cfg: DictConfig) -> None:
         raise ConfigError(f"missing required config value(s): {', '.join(missing)} (set them on the command line)")
 
 
+DATA_FOR = {
+    "sft": "data=toy (built-in dialogues), data=local_jsonl data.path=FILE or data=ultrachat",
+    "preference": "data=toy_prefs (built-in pairs), data=local_prefs data.path=FILE or data=ultrafeedback",
+}
+
+
+def check_objective_data(cfg: DictConfig) -> None:
+    """Refuse an objective whose data module yields the other kind of rows (before any model is loaded)."""
+    from hydra.utils import get_class
+
+    try:
+        want = get_class(cfg.objective._target_).data_kind
+        have = get_class(cfg.data._target_).kind
+    except (AttributeError, ImportError, KeyError):
+        return  # a user's own module or data class: nothing declared to compare
+    if want != have:
+        obj = cfg.objective._target_.rsplit(".", 1)[-1]
+        raise ConfigError(f"{obj} trains on {want} rows but the data config gives {have} rows: use {DATA_FOR[want]}")
+
+
 def resolve_output_dir(cfg: DictConfig) -> Path:
     """The run directory: Hydra's job dir in a multirun, else ``paths.output_dir``."""
     out = None
@@ -199,6 +219,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     started = time.perf_counter()
     check_required(cfg)
+    check_objective_data(cfg)
     out = resolve_output_dir(cfg)
     check_model_path(cfg)
     ckpt_path = resolve_ckpt_path(cfg, out)

@@ -238,6 +238,8 @@ class SFTDataModule(ChatDataModule):
         **kwargs: see :class:`ChatDataModule`.
     """
 
+    kind = "sft"
+
     def __init__(
         self,
         tokenizer,

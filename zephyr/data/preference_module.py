@@ -155,6 +155,8 @@ class PreferenceDataModule(ChatDataModule):
             ``eval_size``, ``batch_size`` in pairs, ``on_bad_row``, ``toy: {n, seed}``, ...).
     """
 
+    kind = "preference"
+
     def __init__(
         self,
         tokenizer,

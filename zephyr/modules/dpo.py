@@ -53,6 +53,8 @@ REFERENCE_MODES = ("cache", "live")
 class DPOModule(ZephyrModule):
     """Direct preference optimisation of ``model`` against a frozen copy of its initial weights.
 
+    Trains on preference pairs (``data_kind``; :func:`zephyr.run.check_objective_data` refuses other data).
+
     Args:
         model: the policy, initialised from the dSFT checkpoint.
         optimizer: partial optimizer constructor.
@@ -66,6 +68,8 @@ class DPOModule(ZephyrModule):
         chunked_loss: vocabulary projection only at completion positions.
         loss_chunk_size: positions per projection chunk.
     """
+
+    data_kind = "preference"
 
     def __init__(
         self,

@@ -16,6 +16,8 @@ from zephyr.objectives.sft import sft_loss, sft_loss_from_hidden
 class SFTModule(ZephyrModule):
     """Supervised fine-tuning of a causal LM (see :class:`zephyr.modules.base.ZephyrModule` for arguments)."""
 
+    data_kind = "sft"
+
     def __init__(self, model, optimizer, scheduler=None, *, chunked_loss: bool = True, loss_chunk_size: int = 1024):
         super().__init__(model, optimizer, scheduler, chunked_loss=chunked_loss, loss_chunk_size=loss_chunk_size)
         self.save_hyperparameters(ignore=["model", "optimizer"])
