@@ -49,9 +49,13 @@ def redact(text: str) -> str:
     return text
 
 
+class BadBodyError(ValueError):
+    """A 200 response whose body is not a chat completion object (e.g. served as text)."""
+
+
 def _bad_body(e: Exception) -> bool:
-    """Whether ``e`` is the SDK failing to parse a response body (``json.JSONDecodeError``, bad UTF-8)."""
-    return isinstance(e, (json.JSONDecodeError, UnicodeDecodeError))
+    """Whether ``e`` is a response body that did not parse (``json.JSONDecodeError``, bad UTF-8, not an object)."""
+    return isinstance(e, (json.JSONDecodeError, UnicodeDecodeError, BadBodyError))
 
 
 class OpenAIBackend:
@@ -164,6 +168,8 @@ class OpenAIBackend:
                 self.stats["calls"] += 1
             try:
                 resp = self._client.chat.completions.create(**kwargs)
+                if not hasattr(resp, "choices"):  # the SDK hands back the raw text of a non-JSON content type
+                    raise BadBodyError(f"response body is not a chat completion: {str(resp)[:80]!r}")
                 if not resp.choices:
                     raise RuntimeError(f"backend {self.name!r}: response without choices")
                 usage = resp.usage
@@ -308,6 +314,31 @@ def _plain(spec: Any) -> dict:
     return dict(spec)
 
 
+SECRET_SPEC_KEYS = ("api_key", "apikey", "api-key", "password", "secret", "token", "access_token", "auth_token")
+
+
+def find_secret_key(node: Any, where: str = "") -> str | None:
+    """Dotted path of the first key in ``node`` (nested dicts/lists) that would hold a secret, e.g. ``api_key``.
+
+    Keys live in environment variables named by ``api_key_env``; a config that holds one is refused before
+    anything is written.
+    """
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            path = f"{where}.{k}" if where else str(k)
+            if str(k).lower() in SECRET_SPEC_KEYS and v not in (None, ""):
+                return path
+            found = find_secret_key(v, path)
+            if found:
+                return found
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            found = find_secret_key(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def build_backend(spec: Mapping[str, Any]) -> ChatBackend:
     """Make a backend from ``{type: openai|local|toy_teacher|toy_student|toy_judge, ...}`` or ``{_target_: ...}``.
 
@@ -318,8 +349,11 @@ def build_backend(spec: Mapping[str, Any]) -> ChatBackend:
         ValueError: for an unknown ``type``, a missing ``type``/``_target_``, or an ``api_key`` key in the spec.
     """
     spec = _plain(spec)
-    if "api_key" in spec:
-        raise ValueError("backend spec: put the key in an environment variable and name it with api_key_env")
+    if find_secret_key(spec):
+        raise ValueError(
+            f"backend spec: {find_secret_key(spec)} holds a secret; put the key in an environment variable and "
+            "name it with api_key_env"
+        )
     if "_target_" in spec:
         from hydra.utils import instantiate
 

@@ -121,6 +121,14 @@ def _prepare(args: argparse.Namespace) -> tuple[DictConfig, Path]:
         sets.append("progress=false")
     sets += getattr(args, "_extra_sets", [])
     cfg = load_config(args.config, sets)
+    from zephyr.feedback.backends import find_secret_key
+
+    secret = find_secret_key(OmegaConf.to_container(cfg, resolve=False))
+    if secret:  # refused before OUT or its config file exists, so the key is written nowhere
+        raise ValueError(
+            f"{secret}: a secret in the config; put the key in an environment variable and name it with "
+            "api_key_env (nothing was written)"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"config_{args.data_command}.yaml").write_text(OmegaConf.to_yaml(cfg))

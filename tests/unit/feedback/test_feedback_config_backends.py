@@ -92,7 +92,7 @@ def test_openai_backend_retries_429_and_5xx_then_succeeds(monkeypatch):
     b = _backend_with(monkeypatch, handler)
     r = b.chat([{"role": "user", "content": "q"}], temperature=0.2, max_tokens=7, seed=11, stop=["\n\n"])
     assert r.texts == ["hi"] and (r.prompt_tokens, r.completion_tokens) == (5, 2)
-    assert b.stats == {"calls": 4, "retries": 3, "errors": 0}
+    assert b.stats == {"calls": 4, "retries": 3, "errors": 0, "bad_bodies": 0}
     assert seen[0]["seed"] == 11 and seen[0]["max_tokens"] == 7 and seen[0]["stop"] == ["\n\n"]
     assert "sk-test" not in repr(b)
 
@@ -150,3 +150,47 @@ def test_toy_world_cli_sft_feedback_binarize(tmp_path, capsys):
         for p in pairs
     ]  # fmt: skip
     assert sum(c for c, _ in right) > sum(r for _, r in right)
+
+
+def test_cli_refuses_a_key_in_the_config_before_writing_anything(tmp_path, capsys):
+    from zephyr.feedback.cli import main
+
+    key = "sk-live-" + "9f3a" * 8
+    cfg = tmp_path / "leaky.yaml"
+    cfg.write_text(
+        f"pool:\n  - {{type: openai, model: a, api_key_env: null}}\n  - {{type: openai, model: b, api_key: {key}}}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["data", "feedback", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("zephyr data feedback: error: pool[1].api_key: a secret")
+    assert key not in err
+    assert not out.exists()  # no folder, no config_feedback.yaml
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and p != cfg and key in p.read_text(errors="replace")]
+    assert leaked == []
+    # the same through --set, for every stage
+    assert main(["data", "sft", "--out", str(out), "--set", f"teacher.api_key={key}"]) == 2
+    assert "teacher.api_key: a secret" in capsys.readouterr().err and not out.exists()
+
+
+def test_openai_backend_retries_a_200_with_a_truncated_body(monkeypatch):
+    replies = iter(["cut", "cut"])
+
+    def handler(request):
+        if next(replies, None) == "cut":
+            body = _ok("hi").content
+            return httpx.Response(200, content=body[: len(body) // 2], headers={"content-type": "application/json"})
+        return _ok("hi")
+
+    b = _backend_with(monkeypatch, handler)
+    assert b.chat([{"role": "user", "content": "q"}]).texts == ["hi"]
+    assert b.stats == {"calls": 3, "retries": 2, "errors": 0, "bad_bodies": 2}
+    cut = httpx.Response(200, content=b'{"id": "x", "choi', headers={"content-type": "application/json"})
+    b = _backend_with(monkeypatch, lambda request: cut, max_retries=1)
+    with pytest.raises(RuntimeError, match="JSONDecodeError after 2 attempt"):
+        b.chat([{"role": "user", "content": "q"}])
+    assert b.stats == {"calls": 2, "retries": 1, "errors": 1, "bad_bodies": 2}
+    b = _backend_with(monkeypatch, lambda request: httpx.Response(200, text='{"id": "x"'), max_retries=1)
+    with pytest.raises(RuntimeError, match="BadBodyError after 2 attempt"):
+        b.chat([{"role": "user", "content": "q"}])
+    assert b.stats == {"calls": 2, "retries": 1, "errors": 1, "bad_bodies": 2}
