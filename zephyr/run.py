@@ -100,16 +100,71 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
+def looks_local(path: str) -> bool:
+    """Whether ``model.path`` names a local folder rather than a hub repo id (``org/name``).
+
+    ``./x``, ``/x``, ``~/x``, anything that exists here, a path with more than one ``/`` (a repo id has one) and
+    a path whose first folder exists here (``runs/dsft`` before that run has happened) are local.
+    """
+    p = Path(path).expanduser()
+    if path.startswith((".", "/", "~")) or p.exists() or path.count("/") > 1:
+        return True
+    return "/" in path and Path(path.split("/", 1)[0]).is_dir()
+
+
 def check_model_path(cfg: DictConfig) -> None:
     """A local ``model.path`` that does not exist gets one line saying which command makes it."""
     path = cfg.model.get("path")
-    if not path or not str(path).startswith((".", "/", "~")):
+    if not path or not looks_local(str(path)):
         return
     p = Path(str(path)).expanduser()
     if (p / "config.json").is_file():
         return
     hint = cfg.model.get("missing_hint") or "train one with `python train.py paths.output_dir=DIR` (exports DIR/model)"
-    raise ConfigError(f"model.path={p} has no checkpoint; {hint}")
+    raise ConfigError(f"model.path={path} has no checkpoint; {hint}")
+
+
+# trainer keys Lightning (or zephyr.scale) needs as numbers or booleans; a string there fails only after the model
+# is built, with a TypeError from deep inside Lightning
+_TRAINER_INTS = (
+    "max_steps",
+    "max_epochs",
+    "min_steps",
+    "min_epochs",
+    "accumulate_grad_batches",
+    "global_batch_size",
+    "log_every_n_steps",
+    "num_sanity_val_steps",
+    "check_val_every_n_epoch",
+)
+_TRAINER_NUMBERS = ("val_check_interval", "gradient_clip_val", "limit_train_batches", "limit_val_batches")
+_TRAINER_BOOLS = ("enable_model_summary", "enable_progress_bar", "compile", "liger_kernel")
+
+
+def check_trainer_values(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for a ``trainer.*`` value of the wrong type (``trainer.max_steps=abc``)."""
+    tcfg = cfg.get("trainer") or {}
+    for key in tcfg:
+        value = tcfg.get(key)
+        if value is None:
+            continue
+        if key in _TRAINER_INTS and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"trainer.{key}={value!r} must be an integer")
+        if key in _TRAINER_NUMBERS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"trainer.{key}={value!r} must be a number")
+        if key in _TRAINER_BOOLS and not isinstance(value, bool):
+            raise ConfigError(f"trainer.{key}={value!r} must be true or false")
+
+
+def apply_kernels(cfg: DictConfig) -> None:
+    """:func:`zephyr.scale.launch.apply_kernel_options` (Liger), its refusals as :class:`ConfigError`."""
+    from zephyr.scale import ScaleConfigError
+    from zephyr.scale.launch import apply_kernel_options
+
+    try:
+        apply_kernel_options(cfg)
+    except ScaleConfigError as e:
+        raise ConfigError(str(e)) from e
 
 
 def resolve_ckpt_path(cfg: DictConfig, out: Path) -> str | None:
@@ -219,11 +274,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     started = time.perf_counter()
     check_required(cfg)
+    check_trainer_values(cfg)
     check_objective_data(cfg)
     out = resolve_output_dir(cfg)
     check_model_path(cfg)
     ckpt_path = resolve_ckpt_path(cfg, out)
     prepare_scale(cfg)
+    apply_kernels(cfg)  # refuses trainer.liger_kernel=true without CUDA / liger-kernel before anything is built
     out.mkdir(parents=True, exist_ok=True)
     secrets = secret_values(cfg, _overrides())
     scrub_run_files(out, secrets)
@@ -233,14 +290,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.hardware.get("matmul_precision", "highest"))
-    tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("path"))
+    try:
+        tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("path"))
+    except ValueError as e:  # not the Mistral tokenizer (names the file)
+        raise ConfigError(str(e)) from None
     datamodule = build(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")  # read and validate the data before any model is built: a bad row stops the run now
-    from zephyr.scale.launch import apply_kernel_options, compile_model
+    from zephyr.scale.launch import compile_model
 
-    apply_kernel_options(cfg)
-    model = compile_model(instantiate(cfg.model, _convert_="all"), cfg)
-    module = instantiate(cfg.objective, model=model, _convert_="all")
+    model = compile_model(build(cfg.model), cfg)
+    module = build(cfg.objective, model=model)
     if hasattr(module, "attach"):
         module.attach(cfg=cfg, datamodule=datamodule, tokenizer=tokenizer, output_dir=out)
     callbacks, metrics_cb = build_callbacks(cfg, out)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.integration.helpers_train import run_train
 
 
@@ -57,3 +59,63 @@ def test_bad_row_of_a_small_file_is_named_before_the_model(tmp_path):
     proc = run_train(f"data.path={data}", f"paths.output_dir={tmp_path}/run", check=False)
     assert_one_line_error(proc, f"{data}: row 5: turn 1 is 'user' but 'assistant' was expected")
     assert not (tmp_path / "run" / "model").exists()
+
+
+def plugin_installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["trainer.max_steps=abc"], ["trainer.max_steps='abc' must be an integer"]),
+        (["trainer.enable_progress_bar=maybe"], ["trainer.enable_progress_bar='maybe' must be true or false"]),
+        (["data.loss_on=assistant_only"], ["data.loss_on='assistant_only' must be one of assistant, all"]),
+        (
+            ["+experiment=dpo_toy", "model.path=runs/zephyr-test-not-trained/model"],
+            ["model.path=runs/zephyr-test-not-trained/model has no checkpoint", "python train.py paths.output_dir="],
+        ),
+    ],
+    ids=["max_steps", "bool", "loss_on", "model_path"],
+)
+def test_config_mistakes_are_one_line(tmp_path, overrides, fragments):
+    proc = run_train(*overrides, f"paths.output_dir={tmp_path}/run", check=False, timeout=120)
+    assert_one_line_error(proc, *fragments)
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_unreachable_hub_dataset_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    proc = run_train(
+        "data=ultrachat", "data.name=zephyr-test/never-downloaded", f"paths.output_dir={tmp_path}/run", check=False
+    )
+    assert_one_line_error(proc, "dataset 'zephyr-test/never-downloaded' (split 'train_sft') could not be loaded")
+    assert "data.path=FILE" in proc.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="Liger runs where there is CUDA")
+def test_liger_kernel_without_cuda_is_one_line(tmp_path):
+    proc = run_train("trainer.liger_kernel=true", f"paths.output_dir={tmp_path}/run", check=False, timeout=120)
+    assert_one_line_error(proc, "trainer.liger_kernel=true needs")
+
+
+@pytest.mark.skipif(plugin_installed("hydra_plugins.hydra_optuna_sweeper"), reason="the Optuna plugin is installed")
+def test_optuna_sweep_without_the_plugin_names_the_install(tmp_path):
+    proc = run_train("-m", "+experiment=dpo_toy", "+sweep=optuna", check=False, timeout=60)
+    last = assert_one_line_error(proc, "+sweep=optuna needs the Optuna sweeper", "pip install -e '.[optuna]'")
+    assert proc.stderr.strip() == last  # nothing else: no config search path
+
+
+def test_model_path_spelled_without_dot_is_local(tmp_path, monkeypatch):
+    from zephyr.run import looks_local
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert looks_local("runs/dsft") and looks_local("runs/dsft/model") and looks_local("./m") and looks_local("~/m")
+    assert not looks_local("mistralai/Mistral-7B-v0.1") and not looks_local("HuggingFaceH4/zephyr-7b-beta")
