@@ -20,6 +20,19 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not _is_loopback(args.host) and api_key is None:
+        if not args.insecure_no_auth:
+            raise ValueError(
+                f"--host {args.host} is not a loopback address and needs an API key: set --api-key or "
+                f"${API_KEY_ENV} (or pass --insecure-no-auth to serve without one)"
+            )
+        print(
+            f"zephyr serve: warning: listening on {args.host} without an API key (--insecure-no-auth); anyone "
+            "who can reach this port can use the model",
+            file=sys.stderr,
+        )
+
     import uvicorn
 
     from zephyr.serve.app import create_app
@@ -28,13 +41,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    if not _is_loopback(args.host) and api_key is None:
-        print(
-            f"zephyr serve: warning: listening on {args.host} without an API key; anyone who can reach this "
-            f"port can use the model (set --api-key or ${API_KEY_ENV})",
-            file=sys.stderr,
-        )
     app = create_app(
         args.model,
         api_key=api_key,
@@ -61,6 +67,11 @@ def register(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help=f"require this Bearer token (default: ${API_KEY_ENV} if set)")
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback --host without an API key (refused otherwise)",
+    )
     p.add_argument("--model-id", default=None, help="model name reported to clients (default: directory name)")
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="reject requests asking for more new tokens")
     p.add_argument("--default-max-tokens", type=int, default=256, help="new tokens when a request sets none")
