@@ -65,7 +65,8 @@ def load_settings(size: str = "full", overrides: Sequence[str] = ()) -> DictConf
     """``conf/demo/full.yaml``, merged with ``conf/demo/<size>.yaml`` and dotlist ``overrides``.
 
     Raises:
-        ValueError: unknown size or a malformed override.
+        ValueError: unknown size, a malformed override, or an override of a key ``full.yaml`` does not have
+            (``world.teacher`` takes any key: ``make_teacher`` checks them).
     """
     if size not in SIZES:
         raise ValueError(f"demo size must be one of {SIZES}, got {size!r}")
@@ -76,7 +77,18 @@ def load_settings(size: str = "full", overrides: Sequence[str] = ()) -> DictConf
     if bad:
         raise ValueError(f"demo overrides must look like key=value, got {bad}")
     if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        OmegaConf.set_struct(cfg, True)  # a typo'd key is refused, as train.py and `zephyr data --set` do
+        if isinstance(cfg.get("world"), DictConfig) and isinstance(cfg.world.get("teacher"), DictConfig):
+            OmegaConf.set_struct(cfg.world.teacher, False)  # ToyTeacher keyword arguments: checked by make_teacher
+        for o in overrides:
+            try:
+                cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o]))
+            except Exception as e:  # omegaconf's ConfigKeyError / ValidationError subclasses
+                key = o.split("=", 1)[0]
+                if "not in struct" in str(e) or "Key" in type(e).__name__:
+                    raise ValueError(f"--set {o}: unknown demo setting {key!r} (see conf/demo/full.yaml)") from None
+                raise ValueError(f"--set {o}: {str(e).splitlines()[0]}") from None
+        OmegaConf.set_struct(cfg, False)
     return cfg
 
 

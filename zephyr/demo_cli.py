@@ -22,7 +22,9 @@ def register(subparsers) -> None:
         "questions. Writes OUT/report.json, report.md, accuracy.png, stages.png.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--size", choices=("full", "ci"), default="full", help="full (make demo) or ci (reduced, ~3 min)")
+    p.add_argument(
+        "--size", choices=("full", "ci"), default="full", help="full (make demo) or ci (reduced smoke test, ~30 s)"
+    )
     p.add_argument("--seed", type=int, default=None, help="first seed (default: conf/demo/full.yaml's)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds; >1 reports mean ± std (default: 1)")
     p.add_argument(
