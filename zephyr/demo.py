@@ -365,7 +365,7 @@ class Stages:
 def _train(overrides: list[str]) -> dict[str, float]:
     from zephyr.run import train
 
-    return train(compose_train(overrides))
+    return train(compose_train([*overrides, "overwrite=true"]))  # a stage that is redone replaces its old run
 
 
 def _feedback(settings: DictConfig, out: Path, seed: int, dsft_model: Path, clock: dict[str, float], console) -> None:

@@ -184,6 +184,38 @@ def resolve_ckpt_path(cfg: DictConfig, out: Path) -> str | None:
     return str(ckpt)
 
 
+def check_output_dir(cfg: DictConfig, out: Path, ckpt_path: str | None) -> None:
+    """Refuse a fresh run into a folder that holds another run's checkpoints or export, unless ``overwrite=true``.
+
+    Training there would replace ``model/`` and leave the old ``last.ckpt`` beside the new ``last-v1.ckpt`` (so a
+    later ``ckpt_path=last`` resumes the old run). A resumed run (``ckpt_path`` set and found) continues the run
+    that is there. ``overwrite=true`` deletes the old ``checkpoints/`` and ``model/`` first. Checked on rank 0 only
+    (the ranks Lightning starts later see rank 0's fresh run).
+    """
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if ckpt_path or rank_zero_only.rank != 0:
+        return
+    ckpt_dir, export = out / "checkpoints", out / "model"
+    found = [f"checkpoints/{p.name}" for p in sorted(ckpt_dir.glob("*.ckpt"))][:3]
+    if (export / "config.json").is_file():
+        found.append("model/")
+    if not found:
+        return
+    if cfg.get("overwrite"):
+        import shutil
+
+        log.warning("overwrite=true: deleting the previous run's %s in %s", ", ".join(found), out)
+        for p in (ckpt_dir, export):
+            if p.is_dir():
+                shutil.rmtree(p)
+        return
+    raise ConfigError(
+        f"paths.output_dir={out} already holds a run ({', '.join(found)}): resume it with ckpt_path=last, "
+        "train into a new paths.output_dir=DIR, or replace it with overwrite=true"
+    )
+
+
 def build_callbacks(cfg: DictConfig, out: Path) -> tuple[list[pl.Callback], MetricsFileCallback]:
     callbacks: list[pl.Callback] = []
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
@@ -279,6 +311,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out = resolve_output_dir(cfg)
     check_model_path(cfg)
     ckpt_path = resolve_ckpt_path(cfg, out)
+    check_output_dir(cfg, out, ckpt_path)
     prepare_scale(cfg)
     apply_kernels(cfg)  # refuses trainer.liger_kernel=true without CUDA / liger-kernel before anything is built
     out.mkdir(parents=True, exist_ok=True)

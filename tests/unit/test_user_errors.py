@@ -119,3 +119,33 @@ def test_model_path_spelled_without_dot_is_local(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     assert looks_local("runs/dsft") and looks_local("runs/dsft/model") and looks_local("./m") and looks_local("~/m")
     assert not looks_local("mistralai/Mistral-7B-v0.1") and not looks_local("HuggingFaceH4/zephyr-7b-beta")
+
+
+def plant_previous_run(run: Path) -> None:
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"the 500-step run")
+    (run / "model").mkdir()
+    (run / "model" / "config.json").write_text('{"previous": true}')
+
+
+def test_fresh_run_into_a_finished_run_is_refused(tmp_path):
+    run = tmp_path / "dsft"
+    plant_previous_run(run)
+    proc = run_train("trainer.max_steps=1", f"paths.output_dir={run}", check=False, timeout=120)
+    assert_one_line_error(
+        proc, f"paths.output_dir={run} already holds a run (checkpoints/last.ckpt, model/)", "ckpt_path=last",
+        "paths.output_dir=DIR", "overwrite=true",
+    )  # fmt: skip
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"the 500-step run"
+    assert json.loads((run / "model" / "config.json").read_text()) == {"previous": True}
+
+
+def test_overwrite_true_replaces_the_previous_run(tmp_path):
+    run = tmp_path / "dsft"
+    plant_previous_run(run)
+    proc = run_train("trainer.max_steps=1", "overwrite=true", f"paths.output_dir={run}", timeout=180)
+    assert "overwrite=true: deleting the previous run's checkpoints/last.ckpt, model/" in proc.stdout + proc.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]  # no last-v1.ckpt beside it
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() != b"the 500-step run"
+    assert "previous" not in json.loads((run / "model" / "config.json").read_text())
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 1
