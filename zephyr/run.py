@@ -365,9 +365,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 log.info("exported the model to %s", target)
         if trainer.is_global_zero:
             metrics_cb.write(metrics)
-        for lg in loggers:
-            if hasattr(lg, "experiment") and hasattr(lg.experiment, "summary"):
-                lg.experiment.summary.update(metrics)
+            for lg in loggers:  # rank-zero only: on other ranks `experiment` is Lightning's dummy
+                summary = getattr(lg.experiment, "summary", None) if hasattr(lg, "experiment") else None
+                if summary is not None and hasattr(summary, "update"):
+                    summary.update(metrics)
+        wait_for_other_ranks(trainer)
     finally:
         for lg in loggers:
             if "wandb" in type(lg).__name__.lower():
@@ -375,6 +377,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
                 wandb.finish()
     return metrics
+
+
+def wait_for_other_ranks(trainer: pl.Trainer, timeout_s: float = 600.0) -> None:
+    """On the launching process, wait for the ranks it started; raise if one failed (so the job exits non-zero).
+
+    Lightning's launcher does not check its child processes' exit status once rank 0 is done.
+    """
+    import subprocess
+
+    procs = getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or []
+    failed = []
+    for rank, proc in enumerate(procs, start=1):
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            code = f"still running after {timeout_s:.0f}s"
+        if code != 0:
+            failed.append(f"rank {rank}: {code if isinstance(code, str) else f'exit status {code}'}")
+    if failed:
+        n = len(procs) + 1
+        raise RuntimeError(f"{len(failed)} of {n} processes failed ({'; '.join(failed)}); see their errors above")
 
 
 def _overrides() -> list[str]:

@@ -75,6 +75,7 @@ class ZephyrModule(pl.LightningModule):
         self.loss_chunk_size = loss_chunk_size
         self._step_started: float | None = None
         self._tokens_since_log = 0
+        self._train_sums: dict[str, tuple[torch.Tensor, bool]] = {}  # name -> ([sum value x weight, sum weight], bar)
 
     # ---- forward helpers -------------------------------------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -93,6 +94,37 @@ class ZephyrModule(pl.LightningModule):
                 "training stopped, the last checkpoint in checkpoints/ is still usable (lower the learning rate "
                 "or check the data)"
             )
+
+    # ---- training metrics ------------------------------------------------------------------------------------
+    def accumulate_train_metric(self, name: str, value: torch.Tensor | float, weight: float, prog_bar: bool = False):
+        """Add one micro-batch's ``value`` (a mean over ``weight`` tokens or pairs) to ``train/<name>`` of this step.
+
+        At the optimizer step :meth:`log_train_metrics` logs the weighted mean over every micro-batch of the step
+        on every rank, so ``train/loss`` is the loss of the global batch whatever the accumulation x devices split
+        (kept as tensors: no device sync per micro-batch).
+        """
+        value = torch.as_tensor(value, device=self.device).detach().float().reshape(())
+        weighted = torch.stack([value * float(weight), torch.tensor(float(weight), device=self.device)])
+        total, _ = self._train_sums.get(name, (None, prog_bar))
+        self._train_sums[name] = (weighted if total is None else total + weighted, prog_bar)
+
+    def log_train_metrics(self) -> None:
+        """Log the step's ``train/*`` weighted means (one all-reduce across ranks) and start the next step."""
+        if not self._train_sums:
+            return
+        names = sorted(self._train_sums)
+        totals = torch.stack([self._train_sums[n][0] for n in names])
+        if self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        for name, row in zip(names, totals):
+            self.log(
+                f"train/{name}",
+                row[0] / row[1].clamp_min(1e-12),
+                on_step=True,
+                on_epoch=False,
+                prog_bar=self._train_sums[name][1],
+            )
+        self._train_sums = {}
 
     # ---- throughput --------------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -138,3 +170,4 @@ class ZephyrModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, prog_bar=False)
+        self.log_train_metrics()  # after the last micro-batch's backward, once per optimizer step on every rank

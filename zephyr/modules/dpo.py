@@ -297,7 +297,8 @@ class DPOModule(ZephyrModule):
         b = int(batch["index"].shape[0])
         for name, value in metrics.items():
             if stage == "train":
-                self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss", batch_size=b)
+                # pair-weighted over the micro-batches and ranks of the optimizer step
+                self.accumulate_train_metric(name, value.detach(), b, prog_bar=name == "loss")
             else:
                 self.log(f"eval/{name}", value, on_epoch=True, prog_bar=name == "loss", batch_size=b)
         return loss

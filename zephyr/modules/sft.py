@@ -36,7 +36,8 @@ class SFTModule(ZephyrModule):
         loss, n = self.loss(batch)
         self.check_finite(f"{stage}/loss", loss)
         if stage == "train":
-            self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+            # token-weighted over the micro-batches and ranks of the optimizer step, like eval/loss over the set
+            self.accumulate_train_metric("loss", loss.detach(), max(int(n), 1), prog_bar=True)
         else:
             # weighting by counted tokens makes the epoch value the token-mean loss of the whole eval set
             self.log("eval/loss", loss, on_epoch=True, prog_bar=True, batch_size=max(int(n), 1))
