@@ -8,6 +8,7 @@ multirun. Returns the final metrics (also written to ``metrics.json`` in the run
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -19,7 +20,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from zephyr.callbacks import AtomicCheckpointIO, MetricsFileCallback, atomic_write_text
+from zephyr.callbacks import (
+    AtomicCheckpointIO,
+    MetricsFileCallback,
+    atomic_write_text,
+    checkpoint_step,
+    step_checkpoints,
+)
 from zephyr.secrets import redact, scrub, scrub_run_files, secret_values
 from zephyr.tokenizer import load_tokenizer
 
@@ -168,20 +175,57 @@ def apply_kernels(cfg: DictConfig) -> None:
 
 
 def resolve_ckpt_path(cfg: DictConfig, out: Path) -> str | None:
-    """``ckpt_path``: ``null`` (fresh), ``last`` (``<run>/checkpoints/last.ckpt`` if present) or a file."""
+    """``ckpt_path``: ``null`` (fresh), ``last`` (the newest complete checkpoint in ``<run>/checkpoints``) or a file.
+
+    With ``last``, ``last.ckpt`` is used unless a ``stepNNNNNN.ckpt`` is newer (a kill between the two saves of
+    one step leaves ``last.ckpt`` a step behind); saves are atomic, so every file there is complete.
+    """
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
     if str(ckpt) == "last":
-        last = out / "checkpoints" / "last.ckpt"
-        if last.exists():  # a file, or a directory of shards (FSDP / DeepSpeed)
-            log.info("resuming from %s", last)
-            return str(last)
-        log.info("ckpt_path=last but %s does not exist: starting from scratch", last)
+        ckpt_dir = out / "checkpoints"
+        last = ckpt_dir / "last.ckpt"
+        steps = {s: p for s, p in step_checkpoints(ckpt_dir).items() if p.is_file()}
+        chosen = None
+        if last.is_dir():  # a directory of shards (FSDP / DeepSpeed): no cheap step to compare
+            chosen = last
+        elif last.is_file():
+            last_step = checkpoint_step(last)
+            newer = steps and (last_step is None or max(steps) > last_step)
+            chosen = steps[max(steps)] if newer else last
+        elif steps:
+            chosen = steps[max(steps)]
+        if chosen is not None:
+            log.info("resuming from %s", chosen)
+            return str(chosen)
+        log.info("ckpt_path=last but %s has no checkpoint: starting from scratch", ckpt_dir)
         return None
     if not Path(str(ckpt)).exists():
         raise FileNotFoundError(f"ckpt_path={ckpt}: checkpoint file not found")
     return str(ckpt)
+
+
+def completed_run(cfg: DictConfig, ckpt_path: str | None, out: Path) -> dict[str, float] | None:
+    """The finished run's metrics when ``ckpt_path`` is already at ``trainer.max_steps`` (nothing to train), else None.
+
+    Says so in one line and leaves ``metrics.json``, ``metrics.csv`` and the export as they are.
+    """
+    max_steps = int(cfg.trainer.get("max_steps", -1) or -1)
+    if not ckpt_path or max_steps <= 0:
+        return None
+    step = checkpoint_step(ckpt_path)
+    if step is None or step < max_steps:
+        return None
+    log.info(
+        "the run in %s is already complete at step %d (trainer.max_steps=%d): nothing to do "
+        "(raise trainer.max_steps to train further)",
+        out,
+        step,
+        max_steps,
+    )
+    path = out / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {"global_step": float(step)}
 
 
 def check_output_dir(cfg: DictConfig, out: Path, ckpt_path: str | None) -> None:
@@ -312,6 +356,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_model_path(cfg)
     ckpt_path = resolve_ckpt_path(cfg, out)
     check_output_dir(cfg, out, ckpt_path)
+    if (done := completed_run(cfg, ckpt_path, out)) is not None:
+        return done
     prepare_scale(cfg)
     apply_kernels(cfg)  # refuses trainer.liger_kernel=true without CUDA / liger-kernel before anything is built
     out.mkdir(parents=True, exist_ok=True)
