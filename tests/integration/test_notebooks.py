@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -71,3 +72,41 @@ def test_pipeline_report_notebook(tmp_path, monkeypatch):
     assert (demo / "notebook" / "accuracy.png").is_file()
     assert (demo / "notebook" / "stages.png").is_file()
     assert "| ddpo | 0.580 ± 0.040 |" in outputs_text(nb)
+
+
+def _add_wandb_runs(multirun: Path) -> None:
+    """Offline W&B runs as this wandb version leaves them (no wandb-summary.json), one as older versions did."""
+    for job in ("0", "1"):
+        jd = multirun / job
+        run = jd / "wandb" / f"offline-run-2026010{job}_120000-abc{job}"
+        (run / "files").mkdir(parents=True)
+        (run / f"run-abc{job}.wandb").write_bytes(b"")
+        (jd / "metrics.json").write_text(json.dumps({"eval/rewards/accuracies": 0.6 + int(job) / 10, "epoch": 1}))
+    old = multirun / "2" / "wandb" / "offline-run-20260102_120000-old2" / "files"
+    old.mkdir(parents=True)
+    (old / "wandb-summary.json").write_text(json.dumps({"eval/rewards/accuracies": 0.9, "_step": 3}))
+
+
+def test_sweep_notebook_relative_dir_and_wandb_runs(tmp_path, monkeypatch):
+    # `ZEPHYR_MULTIRUN_DIR=runs/multirun/... pytest --nbmake notebooks/` from tmp_path: the kernel runs in
+    # notebooks/, the relative path is the user's, from $PWD
+    d = make_multirun(tmp_path / "runs" / "multirun")
+    _add_wandb_runs(d)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.delenv("ZEPHYR_ORIG_CWD", raising=False)
+    monkeypatch.setenv("ZEPHYR_MULTIRUN_DIR", str(d.relative_to(tmp_path)))
+    nb = run_notebook("sweep_analysis.ipynb", tmp_path / "notebooks")
+    assert (d / "notebook" / "loss_curves.png").is_file()
+    assert not (tmp_path / "notebooks" / "runs").exists()
+    wandb_cell = next(c for c in nb.cells if c.cell_type == "code" and "load_wandb_offline" in c.source)
+    table = wandb_cell.outputs[0]["data"]["text/plain"]
+    assert "metrics.json" in table and "wandb-summary.json" in table
+    for value in ("0.6", "0.7", "0.9"):
+        assert value in table
+    # a relative dir that exists nowhere names where it looked
+    monkeypatch.setenv("ZEPHYR_MULTIRUN_DIR", "runs/nope")
+    from zephyr.eval.report import find_multirun
+
+    with pytest.raises(FileNotFoundError, match=rf"runs/nope: no such directory \(relative to {tmp_path}"):
+        find_multirun()

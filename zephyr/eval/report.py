@@ -204,15 +204,30 @@ def plot_loss_curves(multirun_dir: str | os.PathLike, df: pd.DataFrame, metrics:
 
 
 def load_wandb_offline(multirun_dir: str | os.PathLike) -> pd.DataFrame:
-    """Summaries of W&B offline runs under ``multirun_dir`` (one row per ``wandb-summary.json``; may be empty)."""
+    """One row per W&B offline run (``wandb/offline-run-*``) under ``multirun_dir``; empty when none.
+
+    The metrics come from the run's ``files/wandb-summary.json`` when W&B wrote one; the offline runs of recent
+    W&B versions write none (their data sits in the binary ``run-*.wandb`` record only, which W&B's current
+    Python package has no reader for), so otherwise they come from the ``metrics.json`` that zephyr writes in
+    the same job directory (the final value of every logged scalar). ``source`` says which; a run with
+    neither has only its name and path.
+    """
     rows = []
-    for path in sorted(Path(multirun_dir).rglob("wandb-summary.json")):
-        try:
-            summary = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg})") from e
-        run_dir = path.parent.parent
-        rows.append({"run": run_dir.name, "path": str(run_dir), **{k: v for k, v in summary.items() if "/" in k}})
+    for run_dir in sorted(Path(multirun_dir).rglob("offline-run-*")):
+        if not run_dir.is_dir() or run_dir.parent.name != "wandb":
+            continue
+        job_dir = run_dir.parent.parent
+        row: dict[str, Any] = {"run": run_dir.name, "job": job_dir.name, "path": str(run_dir), "source": None}
+        for source in (run_dir / "files" / "wandb-summary.json", job_dir / "metrics.json"):
+            if source.is_file():
+                try:
+                    metrics = json.loads(source.read_text())
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{source}: not valid JSON ({e.msg})") from e
+                row["source"] = source.name
+                row.update({k: v for k, v in metrics.items() if "/" in k})
+                break
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -257,20 +272,44 @@ def sweep_figures(multirun_dir: str | os.PathLike, df: pd.DataFrame | None = Non
 def resolve_dir(env_var: str, default: str) -> Path:
     """The directory named by ``$env_var``, else ``default`` under the working dir or its nearest parent having it.
 
-    Notebooks run from ``notebooks/``; this finds the repository's ``runs/...`` from there.
+    Notebooks run from ``notebooks/``; this finds the repository's ``runs/...`` from there. A relative
+    ``$env_var`` is resolved against the directory the user ran from (``_start_dirs``), not ``notebooks/``.
 
     Raises:
         FileNotFoundError: when neither exists.
     """
     if os.environ.get(env_var):
-        path = Path(os.environ[env_var])
-        if not path.is_dir():
-            raise FileNotFoundError(f"${env_var}={path}: no such directory")
-        return path
-    for base in [Path.cwd(), *Path.cwd().parents]:
-        if (base / default).is_dir():
-            return base / default
+        path = Path(os.environ[env_var]).expanduser()
+        if path.is_absolute():
+            if not path.is_dir():
+                raise FileNotFoundError(f"${env_var}={path}: no such directory")
+            return path
+        bases = _start_dirs()
+        for base in bases:
+            if (base / path).is_dir():
+                return (base / path).resolve()
+        where = ", ".join(str(b) for b in bases)
+        raise FileNotFoundError(f"${env_var}={path}: no such directory (relative to {where})")
+    for start in dict.fromkeys([Path.cwd(), *_start_dirs()]):  # the notebook's own tree first, as before
+        for base in [start, *start.parents]:
+            if (base / default).is_dir():
+                return base / default
     raise FileNotFoundError(f"set ${env_var} or create {default} (searched from {Path.cwd()} upwards)")
+
+
+def _start_dirs() -> list[Path]:
+    """Where a relative path given by the user starts: the directory they ran from, then the working dir.
+
+    A notebook kernel (Jupyter, ``pytest --nbmake``) runs in ``notebooks/`` while the user typed the command
+    elsewhere: ``$ZEPHYR_ORIG_CWD`` when set, else ``$PWD`` (the shell's directory, inherited by the kernel),
+    come before ``Path.cwd()``.
+    """
+    dirs = []
+    for raw in (os.environ.get("ZEPHYR_ORIG_CWD"), os.environ.get("PWD")):
+        if raw and Path(raw).is_absolute() and Path(raw).is_dir():
+            dirs.append(Path(raw))
+    dirs.append(Path.cwd())
+    return list(dict.fromkeys(dirs))
 
 
 def find_multirun() -> Path:

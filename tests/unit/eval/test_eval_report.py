@@ -79,3 +79,23 @@ def test_report_cli_errors_name_the_dir(tmp_path, capsys):
     (tmp_path / "report.json").write_text(json.dumps({"stages": {}, "accuracy": [1]}))
     assert main(["report", str(tmp_path)]) == 2
     assert "'accuracy' must be a mapping" in capsys.readouterr().err
+
+
+def test_load_wandb_offline_reads_summary_or_the_jobs_metrics_json(tmp_path):
+    import json
+
+    from zephyr.eval.report import load_wandb_offline
+
+    assert load_wandb_offline(tmp_path).empty
+    new = tmp_path / "0" / "wandb" / "offline-run-1-a"
+    (new / "files").mkdir(parents=True)
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps({"eval/kl": 0.25, "epoch": 2}))
+    old = tmp_path / "1" / "wandb" / "offline-run-2-b"
+    (old / "files").mkdir(parents=True)
+    (old / "files" / "wandb-summary.json").write_text(json.dumps({"eval/kl": 0.5, "_runtime": 3}))
+    bare = tmp_path / "2" / "wandb" / "offline-run-3-c"
+    bare.mkdir(parents=True)
+    df = load_wandb_offline(tmp_path)
+    assert list(df["job"]) == ["0", "1", "2"]
+    assert list(df["source"])[:2] == ["metrics.json", "wandb-summary.json"] and df["source"].isna().iloc[2]
+    assert list(df["eval/kl"])[:2] == [0.25, 0.5] and "epoch" not in df.columns
