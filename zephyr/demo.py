@@ -390,7 +390,7 @@ def _feedback(settings: DictConfig, out: Path, seed: int, dsft_model: Path, cloc
         {"source": "toy_tasks", "n": int(settings.feedback.prompts), "seed": 10_000 + seed,
          "families": world_families(settings)}
     )  # fmt: skip
-    fcfg = FeedbackConfig(
+    fcfg = FeedbackConfig.from_config(
         models_per_prompt=settings.feedback.models_per_prompt,
         seed=seed,
         workers=int(settings.feedback.workers),

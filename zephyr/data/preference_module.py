@@ -75,7 +75,7 @@ def toy_preference_rows(n: int, seed: int = 0, cache_dir: str | os.PathLike | No
     if target is not None and target.is_file():
         return read_jsonl(target)
     prompts = load_prompts({"source": "toy_tasks", "n": n, "seed": seed + 1, "split": "train"})
-    fcfg = FeedbackConfig(
+    fcfg = FeedbackConfig.from_config(
         models_per_prompt=4, seed=seed, workers=1, critique=False, world_knowledge=False, progress=False
     )
     with tempfile.TemporaryDirectory(prefix="toy_feedback_") as work:

@@ -1,8 +1,9 @@
 """``zephyr data sft | feedback | binarize``: the teacher-data and AI-feedback pipeline from the command line.
 
-Each command reads an OmegaConf YAML (``--config``; default: the offline toy world, ``DEFAULTS`` below, the same
-as ``conf/feedback/toy.yaml``) naming the backends (``teacher``, ``user_sim``, ``pool``, ``judge``) and the
-knobs of each stage, applies the flags and ``--set key=value`` overrides, saves the resolved config to
+Each command reads an OmegaConf YAML (``--config``, layered on ``conf/feedback/toy.yaml``, the offline toy
+world and the one home of every default: :func:`zephyr.feedback.config.load_config`) naming the backends
+(``teacher``, ``user_sim``, ``pool``, ``judge``) and the knobs of each stage, applies the flags and
+``--set key=value`` overrides, saves the resolved config to
 ``OUT/config_<command>.yaml`` (it holds no secrets: keys live only in environment variables) and writes its
 outputs under ``--out``. Re-running a command with the same ``--out`` resumes it.
 """
@@ -16,93 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-BACKEND_KEYS = ("teacher", "user_sim", "pool", "judge")
-
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "workers": 4,
-    "progress": True,
-    "fsync_interval": 0.0,
-    "teacher": {"type": "toy_teacher"},
-    "user_sim": {"type": "toy_user"},
-    "pool": {"type": "toy_pool", "seed": 0},
-    "judge": {"type": "toy_judge"},
-    "sft": {
-        "instructions": {
-            "source": "toy_tasks",
-            "n": 200,
-            "seed": 0,
-            "split": "train",
-            "families": None,
-            "seed_tasks": None,
-            "path": None,
-            "field": "prompt",
-            "max_rounds": 1000,
-            "filter": {"min_words": 3, "max_words": 150, "rouge_threshold": None},
-        },
-        "min_turns": 1,
-        "max_turns": 2,
-        "drop_truncated": True,
-        "test_size": 0.1,
-        "assistant_gen": {"temperature": 0.7, "top_p": 1.0, "max_tokens": 512},
-        "user_gen": {"temperature": 0.9, "top_p": 1.0, "max_tokens": 128},
-    },
-    "feedback": {
-        "prompts": {
-            "source": "toy_tasks",
-            "n": 100,
-            "seed": 1,
-            "split": "train",
-            "families": None,
-            "path": None,
-            "field": "prompt",
-        },
-        "models_per_prompt": 4,
-        "batch_size": 16,
-        "judge_retries": 3,
-        "critique": True,
-        "world_knowledge": False,
-        "principles": None,
-        "completion_gen": {"temperature": 0.7, "top_p": 1.0, "max_tokens": 256},
-        "judge_gen": None,
-        "critique_gen": None,
-    },
-    "binarize": {"criterion": "mean", "rejected": "random", "ties": "drop", "seed": 42, "test_size": 0.1},
-}
-
-
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """``DEFAULTS`` merged with the YAML at ``path`` and ``key=value`` overrides.
-
-    Backend sections (``teacher``, ``user_sim``, ``pool``, ``judge``) are replaced whole; every other key must
-    exist in ``DEFAULTS`` (a typo fails, naming the key and the file).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: an unknown key.
-    """
-    base = OmegaConf.create(DEFAULTS)
-    layers: list[tuple[str, DictConfig]] = []
-    if path:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such config file")
-        layers.append((path, OmegaConf.load(path)))
-    if overrides:
-        layers.append(("--set", OmegaConf.from_dotlist(list(overrides))))
-    for where, layer in layers:
-        layer = OmegaConf.to_container(layer, resolve=False)
-        if not isinstance(layer, dict):
-            raise ValueError(f"{where}: a feedback config must be a mapping")
-        for key in BACKEND_KEYS:
-            if key in layer:
-                base[key] = layer.pop(key)
-        OmegaConf.set_struct(base, True)
-        try:
-            base = OmegaConf.merge(base, layer)
-        except Exception as e:  # omegaconf raises ConfigKeyError / ValidationError subclasses
-            raise ValueError(f"{where}: {str(e).splitlines()[0]}") from None
-        OmegaConf.set_struct(base, False)
-    return base
+from zephyr.feedback.config import load_config
 
 
 def _plain(node: Any) -> Any:
@@ -193,21 +108,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     prompts = load_prompts(_plain(f.prompts))
     pool = build_pool(_plain(cfg.pool))
     judge = build_backend(_plain(cfg.judge))
-    fcfg = FeedbackConfig(
-        models_per_prompt=f.models_per_prompt,
-        seed=cfg.seed,
-        workers=cfg.workers,
-        batch_size=f.batch_size,
-        judge_retries=f.judge_retries,
-        critique=f.critique,
-        world_knowledge=f.world_knowledge,
-        principles=_plain(f.principles),
-        completion_gen=_plain(f.completion_gen),
-        judge_gen=_plain(f.judge_gen),
-        critique_gen=_plain(f.critique_gen),
-        progress=cfg.progress,
-        fsync_interval=cfg.fsync_interval,
-    )
+    fcfg = FeedbackConfig.from_config(cfg)
     summary = collect_feedback(prompts, pool, judge, out, fcfg)
     print(json.dumps(summary, indent=2))
     return 0 if summary["complete"] else 1

@@ -18,7 +18,7 @@ import json
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +41,38 @@ def _seed_of(*parts: Any) -> int:
 
 @dataclass
 class FeedbackConfig:
-    """Knobs of ``collect_feedback`` (mirrors the ``feedback:`` section of ``conf/feedback/*.yaml``)."""
+    """Knobs of ``collect_feedback``: the ``feedback:`` section of a feedback config plus its top-level ``seed``,
+    ``workers``, ``progress`` and ``fsync_interval``. Build it with :meth:`from_config`; the defaults live only
+    in ``conf/feedback/toy.yaml``.
+    """
 
-    models_per_prompt: int | None = 4
-    seed: int = 0
-    workers: int = 4
-    batch_size: int = 16
-    judge_retries: int = 3
-    critique: bool = True
-    world_knowledge: bool = True
-    principles: dict[str, float] | None = None
-    completion_gen: dict[str, Any] = field(
-        default_factory=lambda: {"temperature": 0.7, "top_p": 1.0, "max_tokens": 512}
-    )
-    judge_gen: dict[str, Any] | None = None
-    critique_gen: dict[str, Any] | None = None
-    progress: bool = True
-    fsync_interval: float = 0.0
+    models_per_prompt: int | None
+    seed: int
+    workers: int
+    batch_size: int
+    judge_retries: int
+    critique: bool
+    world_knowledge: bool
+    principles: dict[str, float] | None
+    completion_gen: dict[str, Any]
+    judge_gen: dict[str, Any] | None
+    critique_gen: dict[str, Any] | None
+    progress: bool
+    fsync_interval: float
+
+    @classmethod
+    def from_config(cls, cfg: Any = None, **overrides: Any) -> FeedbackConfig:
+        """From a loaded feedback config (default: ``conf/feedback/toy.yaml``), then ``overrides`` by field."""
+        from omegaconf import OmegaConf
+
+        from zephyr.feedback.config import load_config
+
+        cfg = load_config() if cfg is None else cfg
+        f = OmegaConf.to_container(cfg.feedback, resolve=True)
+        values = {k: f[k] for k in (x.name for x in fields(cls)) if k in f}
+        values.update({k: cfg[k] for k in ("seed", "workers", "progress", "fsync_interval")})
+        values.update(overrides)
+        return cls(**values)
 
 
 def load_prompts(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -241,12 +256,12 @@ def collect_feedback(
         pool: at least 2 backends with distinct names (UltraFeedback: 4 per prompt out of 17).
         judge: the judge backend.
         out_dir: folder for the stores, the export and ``feedback_summary.json``.
-        cfg: knobs; defaults to ``FeedbackConfig()``.
+        cfg: knobs; defaults to ``FeedbackConfig.from_config()`` (``conf/feedback/toy.yaml``).
 
     Returns:
         The summary (also written to ``feedback_summary.json``): counts, failures, seconds, prompts/s, tokens.
     """
-    cfg = cfg or FeedbackConfig()
+    cfg = cfg or FeedbackConfig.from_config()
     if len(pool) < 2:
         raise ValueError(f"the completion pool needs at least 2 models, got {len(pool)}")
     out = Path(out_dir)

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from zephyr.feedback.backends import OpenAIBackend, build_backend, build_pool, redact
-from zephyr.feedback.cli import DEFAULTS, load_config, register
+from zephyr.feedback.cli import load_config, register
 
 pytestmark = pytest.mark.unit
 
@@ -18,7 +18,9 @@ CONF = Path(__file__).resolve().parents[3] / "conf" / "feedback"
 
 
 def test_toy_yaml_is_the_default_and_real_configs_load(tmp_path):
-    assert OmegaConf.to_container(load_config(str(CONF / "toy.yaml"))) == DEFAULTS
+    toy = OmegaConf.to_container(OmegaConf.load(CONF / "toy.yaml"))
+    assert OmegaConf.to_container(load_config()) == toy
+    assert OmegaConf.to_container(load_config(str(CONF / "toy.yaml"))) == toy
     for name in ("openai", "vllm"):
         cfg = load_config(str(CONF / f"{name}.yaml"))
         assert len(cfg.pool) >= 4 and cfg.sft.instructions.source == "self_instruct"
@@ -194,3 +196,23 @@ def test_openai_backend_retries_a_200_with_a_truncated_body(monkeypatch):
     with pytest.raises(RuntimeError, match="BadBodyError after 2 attempt"):
         b.chat([{"role": "user", "content": "q"}])
     assert b.stats == {"calls": 2, "retries": 1, "errors": 1, "bad_bodies": 2}
+
+
+def test_feedback_defaults_have_one_home_the_toy_yaml():
+    """Regression: FeedbackConfig's own defaults disagreed with the YAML (world_knowledge, max_tokens)."""
+    from dataclasses import asdict, fields
+
+    from zephyr.feedback.complete import FeedbackConfig
+
+    toy = OmegaConf.load(CONF / "toy.yaml")
+    fc = FeedbackConfig.from_config()
+    assert fc.world_knowledge is False and toy.feedback.world_knowledge is False
+    assert fc.completion_gen == {"temperature": 0.7, "top_p": 1.0, "max_tokens": 256}
+    for f in fields(FeedbackConfig):
+        want = toy.feedback[f.name] if f.name in toy.feedback else toy[f.name]
+        assert asdict(fc)[f.name] == (OmegaConf.to_container(want) if OmegaConf.is_config(want) else want), f.name
+    with pytest.raises(TypeError):
+        FeedbackConfig()  # no second set of defaults in the dataclass
+    assert FeedbackConfig.from_config(workers=1, critique=False).workers == 1
+    cfg = load_config(overrides=["feedback.world_knowledge=true", "seed=7"])
+    assert FeedbackConfig.from_config(cfg).world_knowledge is True and FeedbackConfig.from_config(cfg).seed == 7
