@@ -23,7 +23,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
-from zephyr.fileio import atomic_open
+from zephyr.fileio import atomic_open, atomic_write_text
 
 STEP_CKPT = re.compile(r"^step(\d+)\.ckpt$")  # conf/callbacks/default.yaml names step checkpoints step{step:06d}
 
@@ -134,12 +134,6 @@ class MetricsFileCallback(pl.Callback):
         """Write ``metrics.json`` (``metrics.csv`` is already on disk, row by row)."""
         self.dirpath.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dirpath / "metrics.json", json.dumps(final, indent=2, sort_keys=True) + "\n")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename (no torn files)."""
-    with atomic_open(path, "w") as f:
-        f.write(text)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

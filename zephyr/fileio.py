@@ -74,6 +74,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, encoding: str | Non
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_open` (no torn files)."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def append_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
     """Append ``rows`` to the JSONL file ``path`` (created with its parents), flushed and fsynced on return."""
     path = Path(path)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from zephyr.callbacks import atomic_write_text
 from zephyr.feedback.store import read_jsonl, write_jsonl
-from zephyr.fileio import atomic_open
+from zephyr.fileio import atomic_open, atomic_write_text
 
 
 def test_replaces_target_and_leaves_no_temp_files(tmp_path):
