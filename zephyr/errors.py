@@ -6,8 +6,15 @@ import sys
 
 from zephyr.data.chat_template import ConversationError
 from zephyr.data.io import DataError
-from zephyr.modules.base import NonFiniteLossError
-from zephyr.run import ConfigError
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss or log-probs stop being finite; the message names the step."""
+
 
 USER_ERRORS = (ConfigError, DataError, ConversationError, FileNotFoundError, NonFiniteLossError)
 

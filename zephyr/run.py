@@ -27,14 +27,11 @@ from zephyr.callbacks import (
     checkpoint_step,
     step_checkpoints,
 )
+from zephyr.errors import ConfigError
 from zephyr.secrets import redact, scrub, scrub_run_files, secret_values
 from zephyr.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key."""
 
 
 def check_required(cfg: DictConfig) -> None:

@@ -57,7 +57,9 @@ def test_sampling_seed_n_and_stop(ckpt):
 def test_local_checkpoint_joins_the_toy_pool(ckpt, tmp_path):
     pool = build_pool({"type": "toy_pool", "seed": 0})[:3] + [LocalCheckpointBackend(str(ckpt), name="tiny-dsft")]
     prompts = load_prompts({"source": "toy_tasks", "n": 6, "seed": 3})
-    cfg = FeedbackConfig.from_config(models_per_prompt=None, progress=False, completion_gen={"temperature": 0.0, "max_tokens": 8})
+    cfg = FeedbackConfig.from_config(
+        models_per_prompt=None, progress=False, completion_gen={"temperature": 0.0, "max_tokens": 8}
+    )
     summary = collect_feedback(prompts, pool, VerifierJudge(), tmp_path, cfg)
     assert summary["complete"], summary
     rows = [json.loads(x) for x in (tmp_path / "ultrafeedback.jsonl").read_text().splitlines()]

@@ -6,7 +6,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from zephyr.run import ConfigError, check_required
+from zephyr.errors import ConfigError
+from zephyr.run import check_required
 from zephyr.secrets import redact
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -15,11 +15,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from zephyr.errors import NonFiniteLossError
+
 SCHEDULES = ("cosine", "linear", "constant")
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when the loss or log-probs stop being finite; the message names the step."""
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:

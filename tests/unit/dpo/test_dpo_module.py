@@ -10,7 +10,7 @@ import torch
 
 from tests.unit.dpo.helpers_dpo import export_tiny, make_datamodule, make_module, pref_rows, write_jsonl
 from zephyr.data.collate import IGNORE_INDEX
-from zephyr.modules.base import NonFiniteLossError
+from zephyr.errors import NonFiniteLossError
 from zephyr.modules.reference import pair_logps
 from zephyr.objectives.logprobs import completion_logps
 
