@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from zephyr.data.collate import IGNORE_INDEX
+
 PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
 
 

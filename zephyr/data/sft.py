@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from zephyr.data.chat_template import ConversationError, validate_messages, with_system
+from zephyr.data.collate import IGNORE_INDEX
 from zephyr.data.io import DataError, RowReport
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 ON_BAD_ROW = ("error", "skip")
 ON_OVERLONG = ("error", "skip", "truncate")
 LOSS_ON = ("assistant", "all")

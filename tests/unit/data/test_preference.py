@@ -1,21 +1,12 @@
-"""Preference data: pair validation, tokenisation against the chat_template §4 example, truncation, loading
-from local files with bad rows, and the concatenated (2B, T) batch."""
+"""Preference data: pair validation, tokenisation against the chat_template §4 example, truncation.
 
-import json
-import math
+Loading with bad rows and the batch layouts are tested with the data module (test_prefix_layout, test_row_numbers).
+"""
 
 import pytest
-import torch
 
 from zephyr.data.chat_template import ConversationError
-from zephyr.data.preference import (
-    PreferenceCollator,
-    load_preference_rows,
-    tokenize_pair,
-    tokenize_pairs,
-    validate_pair,
-)
-from zephyr.objectives.logprobs import completion_logps
+from zephyr.data.preference import tokenize_pair, validate_pair
 from zephyr.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.unit
@@ -180,147 +171,8 @@ def test_tokenize_pair_long_prompt_that_fits_is_not_truncated(tok):
     assert ex["truncated"] is False and len(ex["prompt_input_ids"]) > 40
 
 
-def test_tokenize_pairs_counts_truncated_rows(tok):
-    rows = [make_row(), make_row(chosen="Blue " * 100), make_row(question="word " * 200)]
-    examples, n_truncated = tokenize_pairs(tok, rows, max_length=64, max_prompt_length=32)
-    assert len(examples) == 3 and n_truncated == 2
-    assert [ex["truncated"] for ex in examples] == [False, True, True]
-
-
 def test_tokenize_pair_validates_lengths_and_rows(tok):
     with pytest.raises(ValueError, match="max_prompt_length < max_length"):
         tokenize_pair(tok, make_row(), max_length=64, max_prompt_length=64)
     with pytest.raises(ConversationError, match="prompts differ"):
         tokenize_pair(tok, BAD_ROWS["prompts differ"][0])
-
-
-# ---------------------------------------------------------------- load_preference_rows
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def test_load_jsonl_json_and_parquet(tmp_path):
-    rows = [make_row(), make_row(question="Name a fruit.", chosen="Apple.", rejected="Car.")]
-    loaded = load_preference_rows(write_jsonl(tmp_path / "prefs.jsonl", rows))
-    assert len(loaded) == 2 and loaded.num_skipped == 0
-    assert loaded.rows[1]["chosen"][1]["content"] == "Apple."
-    assert loaded.source == str(tmp_path / "prefs.jsonl")
-
-    (tmp_path / "prefs.json").write_text(json.dumps(rows))
-    assert [r["prompt"] for r in load_preference_rows(tmp_path / "prefs.json").rows] == [
-        "Name a color.",
-        "Name a fruit.",
-    ]
-
-    import pandas as pd
-
-    pd.DataFrame(rows).to_parquet(tmp_path / "prefs.parquet")
-    parquet = load_preference_rows(str(tmp_path / "prefs.parquet"), limit=1)
-    assert len(parquet) == 1 and parquet.rows[0]["rejected"][1]["content"] == "Seven."
-
-
-def test_load_missing_file_names_path(tmp_path):
-    missing = tmp_path / "nope.jsonl"
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        load_preference_rows(missing)
-
-
-def test_load_bad_row_error_names_file_and_row(tmp_path):
-    rows = [make_row(), make_row(rejected="Blue."), make_row()]
-    path = write_jsonl(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(ValueError, match=r"bad\.jsonl: row 2: chosen and rejected completions are identical"):
-        load_preference_rows(path)
-
-
-def test_load_skip_counts_and_reports_every_bad_row(tmp_path):
-    rows = [make_row(), make_row(rejected="Blue."), BAD_ROWS["prompts differ"][0], make_row(chosen="Green.")]
-    loaded = load_preference_rows(write_jsonl(tmp_path / "mixed.jsonl", rows), on_bad_row="skip")
-    assert len(loaded) == 2 and loaded.num_skipped == 2
-    assert loaded.skipped == [
-        (2, "chosen and rejected completions are identical"),
-        (3, "chosen and rejected prompts differ"),
-    ]
-
-
-def test_load_rows_arrow_cannot_unify_falls_back_to_per_row(tmp_path):
-    """A row whose `chosen` is a string and a line of broken JSON: Arrow cannot build one table, so the rows
-    are read one by one and the bad ones still get their row numbers."""
-    path = tmp_path / "types.jsonl"
-    path.write_text(
-        json.dumps(make_row()) + "\n" + json.dumps(make_row(chosen=None) | {"chosen": "Blue."}) + "\n{oops\n"
-    )
-    with pytest.raises(ValueError, match=r"types\.jsonl: row 2: chosen: 'messages' must be a non-empty list"):
-        load_preference_rows(path)
-    loaded = load_preference_rows(path, on_bad_row="skip")
-    assert len(loaded) == 1 and [i for i, _ in loaded.skipped] == [2, 3]
-    assert loaded.skipped[1][1].startswith("invalid JSON")
-
-
-def test_load_rejects_unknown_options(tmp_path):
-    with pytest.raises(ValueError, match="on_bad_row"):
-        load_preference_rows(tmp_path / "x.jsonl", on_bad_row="ignore")
-    (tmp_path / "x.csv").write_text("a\n")
-    with pytest.raises(ValueError, match=r"unknown preference file type '\.csv'"):
-        load_preference_rows(tmp_path / "x.csv")
-
-
-# ---------------------------------------------------------------- PreferenceCollator
-
-
-def test_collator_layout_labels_and_padding(tok):
-    examples = [
-        tokenize_pair(tok, make_row()),
-        tokenize_pair(
-            tok, make_row(question="Name a fruit please.", chosen="Apple.", rejected="A car is not a fruit.")
-        ),
-    ]
-    batch = PreferenceCollator(tok.pad_token_id)(examples)
-    n_rows = 4
-    lengths = [
-        len(ex["prompt_input_ids"]) + len(ex[k]) for k in ("chosen_input_ids", "rejected_input_ids") for ex in examples
-    ]
-    width = max(lengths)
-    for key in ("input_ids", "attention_mask", "labels"):
-        assert batch[key].shape == (n_rows, width)
-    order = [(ex, k) for k in ("chosen_input_ids", "rejected_input_ids") for ex in examples]  # chosen first
-    for i, (ex, key) in enumerate(order):
-        p, c = ex["prompt_input_ids"], ex[key]
-        n = len(p) + len(c)
-        assert batch["input_ids"][i, :n].tolist() == p + c
-        assert batch["input_ids"][i, n:].eq(tok.pad_token_id).all()
-        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (width - n)
-        assert batch["labels"][i].tolist() == [-100] * len(p) + c + [-100] * (width - n)
-        assert batch["prompt_lengths"][i].item() == len(p) and batch["completion_lengths"][i].item() == len(c)
-
-
-def test_collator_labels_give_per_pair_logps(tok):
-    """completion_logps over the collated batch = the sum of log p(completion token | prefix) taken by hand."""
-    examples = [tokenize_pair(tok, make_row()), tokenize_pair(tok, make_row(chosen="Dark navy blue."))]
-    batch = PreferenceCollator(tok.pad_token_id, pad_to_multiple_of=8)(examples)
-    assert batch["input_ids"].shape[1] % 8 == 0
-    torch.manual_seed(0)
-    logits = torch.randn(*batch["input_ids"].shape, 32000)
-    logps = completion_logps(logits, batch["labels"])
-    logsm = logits.log_softmax(-1)
-    for i in range(4):
-        p, c = batch["prompt_lengths"][i].item(), batch["completion_lengths"][i].item()
-        ids = batch["input_ids"][i]
-        by_hand = sum(logsm[i, p + k - 1, ids[p + k]].item() for k in range(c))
-        assert math.isclose(logps[i].item(), by_hand, rel_tol=1e-5)
-
-
-def test_collator_rejects_empty_batch_and_missing_pad():
-    with pytest.raises(ValueError, match="empty"):
-        PreferenceCollator(2)([])
-    with pytest.raises(ValueError, match="pad_token_id is None"):
-        PreferenceCollator(None)
-
-
-def test_hub_names_are_not_mistaken_for_paths(tmp_path):
-    from zephyr.data.preference import _is_local
-
-    assert not _is_local("HuggingFaceH4/ultrafeedback_binarized")
-    assert _is_local("data/prefs.jsonl") and _is_local("./prefs") and _is_local(str(tmp_path))
