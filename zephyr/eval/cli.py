@@ -29,9 +29,9 @@ def _judge(args: argparse.Namespace):
         from zephyr.eval.generate import Generator, GeneratorBackend
 
         return GeneratorBackend(Generator.from_dir(args.judge_local))
-    from zephyr.eval.judges import ToyVerifierJudge
+    from zephyr.toy.mt_bench_judge import MTBenchVerifierJudge
 
-    return ToyVerifierJudge()
+    return MTBenchVerifierJudge()
 
 
 def _model_backend(model: str | None, endpoint: str | None, endpoint_model: str | None, key_env: str | None):

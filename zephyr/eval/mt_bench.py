@@ -16,7 +16,7 @@ Follows FastChat's ``llm_judge`` (lm-sys/FastChat, Apache-2.0; Zheng et al. 2023
   ``win_rate_adjusted = (win + 0.5 * tie) / n``; judge errors are counted and left out of ``n``.
 
 Judges are any ``zephyr.chat.ChatBackend``: an OpenAI-compatible endpoint, a local checkpoint, or the
-offline ``zephyr.eval.judges.ToyVerifierJudge``.
+offline ``zephyr.toy.mt_bench_judge.MTBenchVerifierJudge``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ Files, in pipeline order:
 - ``runner.py``: bounded-concurrency jobs against a store, Rich progress bar, recorded failures.
 - ``selfinstruct.py``: Self-Instruct bootstrapping and its filters (ROUGE-L > 0.7, length, blacklist, ...).
 - ``dialogues.py``: UltraChat-style teacher dialogues and the disclaimer filter -> ``ultrachat_200k`` rows.
-- ``toy_user.py``: the toy world's user simulator (verifiable follow-up questions).
 - ``rubric.py``: the UltraFeedback judge prompts (4 aspects + overall critique).
 - ``judge.py``: judging with a seeded display permutation and robust parsers -> ``openbmb/UltraFeedback`` rows.
 - ``complete.py``: completions from a pool of models + judging, resumable per (prompt_id, model).
@@ -15,5 +14,5 @@ Files, in pipeline order:
 - ``cli.py``: ``zephyr data sft | feedback | binarize``.
 
 Every model behind these files is a ``zephyr.chat.ChatBackend``, so real endpoints and the offline toy world
-(``zephyr.toy``) take the same code path.
+(``zephyr.toy``, which holds the toy user simulator and both verifier judges) take the same code path.
 """

@@ -297,7 +297,7 @@ _TOY = {
     "toy_teacher": ("zephyr.toy.teacher", "ToyTeacher"),
     "toy_student": ("zephyr.toy.students", "RuleStudent"),
     "toy_judge": ("zephyr.toy.judge", "VerifierJudge"),
-    "toy_user": ("zephyr.feedback.toy_user", "ToyUserSimulator"),
+    "toy_user": ("zephyr.toy.user", "ToyUserSimulator"),
 }
 
 

@@ -1,4 +1,6 @@
-"""The offline toy world: verifiable task families, an imperfect teacher, a student pool and a verifier judge.
+"""The offline toy world: verifiable task families, an imperfect teacher, a student pool, a user simulator and
+two verifier judges: ``VerifierJudge`` (``judge.py``) answers UltraFeedback rating prompts for the feedback
+pipeline; ``MTBenchVerifierJudge`` (``mt_bench_judge.py``) answers MT-Bench judge prompts for evaluation.
 
 Everything here speaks ``zephyr.chat.ChatBackend``, so the toy world plugs into the same data pipeline
 as real OpenAI-compatible endpoints.

@@ -1,11 +1,11 @@
-"""ToyVerifierJudge: reads MT-Bench judge prompts, grades against references, answers in the judge format."""
+"""MTBenchVerifierJudge: reads MT-Bench judge prompts, grades against references, answers in the judge format."""
 
 from __future__ import annotations
 
 import pytest
 
 from zephyr.eval import mt_bench as mb
-from zephyr.eval.judges import ToyVerifierJudge, grade_open, grade_with_reference, parse_pair, parse_single
+from zephyr.toy.mt_bench_judge import MTBenchVerifierJudge, grade_open, grade_with_reference, parse_pair, parse_single
 
 MATH = {
     "question_id": 1,
@@ -80,7 +80,7 @@ def test_single_prompt_round_trip(turn):
     assert question == MATH["turns"][turn - 1]
     assert answer == answers[turn - 1]
     assert ref == MATH["reference"][turn - 1]
-    judge = ToyVerifierJudge()
+    judge = MTBenchVerifierJudge()
     assert mb.parse_rating(ask(judge, tpl, prompt)) == 10
     _, wrong = mb.single_prompt(MATH, ["The answer is 85.", "The answer is 171."], turn)
     assert mb.parse_rating(ask(judge, tpl, wrong)) == (10 if turn == 1 else 2)
@@ -92,7 +92,7 @@ def test_pair_prompt_round_trip_and_verdicts(turn):
     tpl, prompt = mb.pair_prompt(SORT, good, bad, turn)
     q, a, b, ref = parse_pair(prompt)
     assert (q, a, b, ref) == (SORT["turns"][turn - 1], good[turn - 1], bad[turn - 1], SORT["reference"][turn - 1])
-    judge = ToyVerifierJudge()
+    judge = MTBenchVerifierJudge()
     assert mb.parse_pair_verdict(ask(judge, tpl, prompt)) == "A"
     _, swapped = mb.pair_prompt(SORT, bad, good, turn)
     assert mb.parse_pair_verdict(ask(judge, tpl, swapped)) == "B"
@@ -101,7 +101,7 @@ def test_pair_prompt_round_trip_and_verdicts(turn):
 
 
 def test_pairwise_through_mt_bench_is_swap_consistent():
-    judge = ToyVerifierJudge()
+    judge = MTBenchVerifierJudge()
     a1 = {1: {"question_id": 1, "model_id": "good", "choices": [{"index": 0, "turns": ["85", "170"]}]}}
     a2 = {1: {"question_id": 1, "model_id": "bad", "choices": [{"index": 0, "turns": ["84", "170"]}]}}
     rows = mb.judge_pairwise([MATH], a1, a2, judge)
@@ -109,6 +109,6 @@ def test_pairwise_through_mt_bench_is_swap_consistent():
 
 
 def test_prompt_without_answer_block_is_not_rated():
-    judge = ToyVerifierJudge()
+    judge = MTBenchVerifierJudge()
     text = judge.chat([{"role": "user", "content": "hello"}]).texts[0]
     assert mb.parse_rating(text) == -1

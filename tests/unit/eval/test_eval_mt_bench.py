@@ -8,7 +8,7 @@ import pytest
 
 from zephyr.chat import ChatResponse
 from zephyr.eval import mt_bench as mb
-from zephyr.eval.judges import parse_pair, parse_single
+from zephyr.toy.mt_bench_judge import parse_pair, parse_single
 
 QUESTIONS = [
     {"question_id": 81, "category": "writing", "turns": ["Write a poem about tea.", "Make it rhyme."]},
@@ -247,7 +247,7 @@ def test_pairwise_consistent_judge_maps_winners_back():
 
 def test_mt_bench_cli_toy_teacher_and_verifier_judge(tmp_path, capsys):
     from zephyr.cli import main
-    from zephyr.eval.judges import grade_with_reference
+    from zephyr.toy.mt_bench_judge import grade_with_reference
 
     qs = [q for q in mb.load_questions() if q["category"] == "math"]
     qfile = write_jsonl(tmp_path / "question.jsonl", qs)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from zephyr.chat import ChatResponse
-from zephyr.eval.judges import parse_pair
 from zephyr.eval.win_rate import fit_length_logistic, load_answer_set, win_rate, win_rate_markdown
+from zephyr.toy.mt_bench_judge import parse_pair
 
 
 class LongerWins:

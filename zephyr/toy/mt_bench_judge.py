@@ -1,6 +1,6 @@
-"""An offline judge that answers MT-Bench judge prompts by verifying answers instead of asking GPT-4.
+"""MT-Bench verifier judge: answers MT-Bench judge prompts by verifying answers instead of asking GPT-4 (toy world).
 
-``ToyVerifierJudge`` is a ``ChatBackend``. It reads the judge prompt the way a human grader would read
+``MTBenchVerifierJudge`` is a ``ChatBackend``. It reads the judge prompt the way a human grader would read
 it: it finds the question, the reference answer (when the template has one) and the assistant's answer
 through the block markers of FastChat's templates (``[The Start of Assistant's Answer]``,
 ``### Assistant A:`` ...), grades the answer, and replies with a one-line explanation ending in
@@ -182,7 +182,7 @@ def parse_pair(prompt: str) -> tuple[str, str, str, str | None]:
     return question, answers[0], answers[1], reference
 
 
-class ToyVerifierJudge:
+class MTBenchVerifierJudge:
     """Offline MT-Bench judge (a ``ChatBackend``); see the module docstring for the grading rules.
 
     Args:
@@ -220,7 +220,7 @@ class ToyVerifierJudge:
         system = "\n".join(m["content"] for m in messages if m["role"] == "system")
         users = [m["content"] for m in messages if m["role"] == "user"]
         if not users:
-            raise ValueError("ToyVerifierJudge needs a user message holding the judge prompt")
+            raise ValueError("MTBenchVerifierJudge needs a user message holding the judge prompt")
         try:
             text = self.judge_text(system, users[-1])
         except ValueError as e:
