@@ -286,16 +286,16 @@ def build_loggers(cfg: DictConfig, out: Path, flat_cfg: dict[str, Any]) -> list[
     return [logger]
 
 
-def build_trainer(
-    cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], out: Path, datamodule: Any = None
-) -> pl.Trainer:
-    """``pl.Trainer`` for ``hardware`` x ``strategy`` (built by :mod:`zephyr.scale`; ranks split the batches)."""
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], out: Path) -> pl.Trainer:
+    """``pl.Trainer`` for ``hardware`` x ``strategy`` (built by :mod:`zephyr.scale`; the data modules' batch
+    sampler splits the ranks).
+    """
     from zephyr.scale import ScaleConfigError
     from zephyr.scale.launch import trainer_arguments
 
     hw = cfg.hardware
     try:
-        strategy, kwargs = trainer_arguments(cfg, datamodule)
+        strategy, kwargs = trainer_arguments(cfg)
     except ScaleConfigError as e:
         raise ConfigError(str(e)) from e
     plugins = []
@@ -382,7 +382,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = build_loggers(cfg, out, flat_cfg)
     metrics: dict[str, float] = {}
     try:
-        trainer = build_trainer(cfg, callbacks, loggers, out, datamodule)
+        trainer = build_trainer(cfg, callbacks, loggers, out)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update(_final_metrics(trainer))
         if cfg.get("final_eval", True) and datamodule.eval_items:

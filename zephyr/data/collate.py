@@ -65,14 +65,41 @@ def collate_rows(rows: Sequence[Sequence[tuple[list[int], list[int]]]], pad_id: 
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
-    """Shuffled (or sequential) batches of indices whose position can be saved and restored.
+    """Shuffled (or sequential) batches of indices whose position can be saved and restored; one rank's share.
 
-    The permutation of epoch ``e`` is drawn from ``seed + e``, so it is the same after a restart.
+    The permutation of epoch ``e`` is drawn from ``seed + e``, so it is the same after a restart and on every
+    rank. With ``world_size`` ranks, rank ``r`` takes global micro-batches ``r, r + world_size, ...`` of that one
+    sequence, so N processes with accumulation ``a`` consume per optimizer step the same ``N x a`` micro-batches
+    one process would with accumulation ``N x a`` (DDP averages over ranks, Lightning over accumulation steps).
+    Every rank gets the same number of batches (a trailing remainder is dropped), so no rank waits in a
+    collective the others never reach. Lightning's ``DistributedSampler`` injection is off
+    (``use_distributed_sampler=False``): it would shard items, not micro-batches.
+
+    Args:
+        num_items: dataset length.
+        batch_size: items per micro-batch.
+        shuffle: a new seeded permutation each epoch (else dataset order).
+        seed: permutation seed.
+        drop_last: drop a short last batch (single process; several ranks always drop the remainder).
+        rank: this process's global rank.
+        world_size: number of processes.
     """
 
-    def __init__(self, num_items: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool = False):
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.num_items, self.batch_size, self.shuffle, self.seed, self.drop_last = (
             num_items,
             batch_size,
@@ -80,13 +107,17 @@ class ResumableBatchSampler(Sampler[list[int]]):
             seed,
             drop_last,
         )
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0  # the epoch the next pass will draw
         self.current_epoch = 0  # the epoch of the pass in progress (or the last one)
-        self.start_batch = 0
+        self.start_batch = 0  # batches of the current epoch this rank has already done (set on resume)
 
-    def __len__(self) -> int:
+    def _global_len(self) -> int:
         full, rest = divmod(self.num_items, self.batch_size)
         return full if self.drop_last or rest == 0 else full + 1
+
+    def __len__(self) -> int:
+        return self._global_len() // self.world_size
 
     def _order(self) -> list[int]:
         if not self.shuffle:
@@ -98,7 +129,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.current_epoch = self.epoch
         order, start = self._order(), self.start_batch
         self.start_batch = 0  # a restored position applies to the first pass only
-        for b in range(start, len(self)):
+        for local in range(start, len(self)):
+            b = local * self.world_size + self.rank  # this rank's share of the one global sequence
             yield order[b * self.batch_size : (b + 1) * self.batch_size]
         self.epoch += 1
 

@@ -209,8 +209,15 @@ class ChatDataModule(pl.LightningDataModule):
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def train_dataloader(self) -> ResumableDataLoader:
+        trainer = self.trainer  # attached inside fit, once the process group (and so the rank) exists
+        return self.train_loader(*((trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)))
+
+    def train_loader(self, rank: int = 0, world_size: int = 1) -> ResumableDataLoader:
+        """The resumable training batches of rank ``rank`` of ``world_size`` (see ``ResumableBatchSampler``)."""
         assert self.train_items is not None, "call setup() first"
-        sampler = ResumableBatchSampler(len(self.train_items), self.batch_size, shuffle=True, seed=self.seed)
+        sampler = ResumableBatchSampler(
+            len(self.train_items), self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world_size
+        )
         return ResumableDataLoader(
             self.train_items,
             sampler,

@@ -63,7 +63,6 @@ def run(steps: int, overrides: list[str], precision: str) -> dict[str, Any]:
     from zephyr.objectives.sft import sft_loss
     from zephyr.scale.batch import plan_batches
     from zephyr.scale.memory import count_parameters
-    from zephyr.scale.sampling import shard_loader
     from zephyr.scale.strategies import deepspeed_config
     from zephyr.tokenizer import load_tokenizer
 
@@ -103,7 +102,7 @@ def run(steps: int, overrides: list[str], precision: str) -> dict[str, Any]:
     tokenizer = load_tokenizer()
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, _convert_="all")
     datamodule.setup("fit")
-    loader = shard_loader(datamodule.train_dataloader(), rank, world)
+    loader = datamodule.train_loader(rank, world)
     optimizer = instantiate(cfg.objective.optimizer)(model.parameters())
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
 

@@ -96,10 +96,11 @@ def compile_model(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
     return model
 
 
-def trainer_arguments(cfg: DictConfig, datamodule: Any) -> tuple[Any, dict[str, Any]]:
+def trainer_arguments(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     """The Lightning strategy and the ``pl.Trainer`` keyword arguments from the ``trainer`` group.
 
-    Also arranges the per-rank batch split (:mod:`zephyr.scale.sampling`) when more than one process trains.
+    The per-rank batch split is the data modules' own (their batch sampler takes the trainer's rank and world
+    size), so Lightning's sampler injection is turned off.
 
     Returns:
         ``(strategy, kwargs)``; ``kwargs`` has ``use_distributed_sampler=False`` (ranks are split by zephyr).
@@ -109,10 +110,6 @@ def trainer_arguments(cfg: DictConfig, datamodule: Any) -> tuple[Any, dict[str, 
     for key in ZEPHYR_TRAINER_KEYS:
         kwargs.pop(key, None)
     kwargs["use_distributed_sampler"] = False
-    if world_size(cfg.hardware) > 1 and hasattr(datamodule, "train_dataloader"):
-        from zephyr.scale.sampling import distribute_train_loader
-
-        distribute_train_loader(datamodule)
     if strategy_name(cfg) == "deepspeed":
         kwargs.pop("gradient_clip_val", None)  # in the DeepSpeed config (gradient_clipping) instead
     return strategy, kwargs

@@ -7,56 +7,59 @@ import pytest
 from zephyr.data.collate import ResumableBatchSampler
 from zephyr.scale import ScaleConfigError
 from zephyr.scale.launch import ZEPHYR_TRAINER_KEYS, apply_kernel_options, compile_model, trainer_arguments
-from zephyr.scale.sampling import RankShardedBatchSampler
 
 
-def _inner():
-    return ResumableBatchSampler(10, 2, shuffle=True, seed=3)  # 5 batches of 2
+def _sampler(rank=0, world_size=1):
+    return ResumableBatchSampler(10, 2, shuffle=True, seed=3, rank=rank, world_size=world_size)  # 5 batches of 2
 
 
 def test_ranks_take_alternate_batches_of_the_single_process_sequence():
-    whole = list(_inner())
-    r0, r1 = list(RankShardedBatchSampler(_inner(), 0, 2)), list(RankShardedBatchSampler(_inner(), 1, 2))
+    whole = list(_sampler())
+    r0, r1 = list(_sampler(0, 2)), list(_sampler(1, 2))
     assert r0 == [whole[0], whole[2]] and r1 == [whole[1], whole[3]]  # the 5th batch is dropped on both ranks
-    assert len(RankShardedBatchSampler(_inner(), 0, 2)) == 2
+    assert len(_sampler(0, 2)) == 2 and len(_sampler()) == 5
 
 
-def test_epochs_advance_like_the_inner_sampler():
-    s = RankShardedBatchSampler(_inner(), 1, 2)
+def test_epochs_advance_like_one_process():
+    s, one = _sampler(1, 2), _sampler()
     first, second = list(s), list(s)
+    whole_first, whole_second = list(one), list(one)
     assert s.epoch == 2 and s.current_epoch == 1
-    assert first != second
+    assert first == whole_first[1:4:2] and second == whole_second[1:4:2] and first != second
 
 
 def test_resume_counts_rank_local_batches():
-    whole = list(_inner())
-    s = RankShardedBatchSampler(_inner(), 1, 2)
+    whole = list(_sampler())
+    s = _sampler(1, 2)
     s.start_batch = 1  # this rank already did one batch (global batches 0 and 1 consumed)
-    assert s.inner.start_batch == 2 and s.start_batch == 1
     assert list(s) == [whole[3]]
 
 
 def test_bad_rank():
     with pytest.raises(ValueError, match=r"rank=2 must be in \[0, world_size=2\)"):
-        RankShardedBatchSampler(_inner(), 2, 2)
+        _sampler(2, 2)
 
 
-def test_trainer_arguments_drop_zephyr_keys_and_split_ranks(compose):
+def test_data_module_splits_by_the_trainers_rank(tokenizer):
+    from types import SimpleNamespace
+
+    from zephyr.data.module import SFTDataModule
+
+    dm = SFTDataModule(tokenizer=tokenizer, batch_size=4, eval_size=8, toy={"n": 64, "seed": 0})
+    dm.setup("fit")
+    whole = list(dm.train_dataloader().batch_sampler)
+    dm.trainer = SimpleNamespace(global_rank=1, world_size=2)
+    mine = dm.train_dataloader().batch_sampler
+    assert (mine.rank, mine.world_size) == (1, 2) and list(mine) == whole[1 : 2 * (len(whole) // 2) : 2]
+
+
+def test_trainer_arguments_drop_zephyr_keys(compose):
     cfg = compose("strategy=ddp", "hardware.devices=2", "trainer.compile=true")
-
-    class FakeDataModule:
-        trainer = None
-
-        def train_dataloader(self):
-            return "whole loader"
-
-    dm = FakeDataModule()
-    strategy, kwargs = trainer_arguments(cfg, dm)
+    strategy, kwargs = trainer_arguments(cfg)
     assert type(strategy).__name__ == "DDPStrategy"
     assert not set(ZEPHYR_TRAINER_KEYS) & set(kwargs)
-    assert kwargs["use_distributed_sampler"] is False
+    assert kwargs["use_distributed_sampler"] is False  # the data modules' batch sampler splits the ranks
     assert kwargs["max_steps"] == cfg.trainer.max_steps
-    assert dm.train_dataloader() == "whole loader"  # no trainer yet: nothing to split
 
 
 def test_compile_wraps_each_decoder_layer_in_place(compose, tiny_model):
