@@ -73,3 +73,12 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (tests that start servers or process groups)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -15,7 +15,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,16 +27,12 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.integration
 
 POOL = ["pool-a", "pool-b", "pool-c", "pool-d"]
 KEY = "sk-fake-" + "".join(random.Random(os.getpid()).choice("0123456789abcdef") for _ in range(32))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _judge_reply(prompt: str) -> str:
@@ -118,7 +113,7 @@ def make_app(faults: Counter, fault_rate: float = 0.3, kinds: tuple[str, ...] | 
 @pytest.fixture()
 def server(request):
     faults: Counter = Counter()
-    port = _free_port()
+    port = free_port()
     app = make_app(faults, **getattr(request, "param", {}))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=srv.run, daemon=True)

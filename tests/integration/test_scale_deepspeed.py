@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from tests.conftest import free_port
 from tests.integration.helpers_scale import run
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ def test_zero3_config_trains_under_torchrun_on_two_cpu_processes(tmp_path):
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29517",
+            str(free_port()),  # a fixed port collides with a second test run on the same machine
             "-m",
             "zephyr.scale.deepspeed_cpu_check",
             "--steps",

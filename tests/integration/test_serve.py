@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -12,7 +11,7 @@ import pytest
 import uvicorn
 from openai import OpenAI
 
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, free_port
 from zephyr.cli import main
 from zephyr.serve.app import create_app
 
@@ -34,9 +33,7 @@ def model_dir(tmp_path_factory, tokenizer):
 @pytest.fixture(scope="module")
 def server(model_dir):
     app = create_app(str(model_dir), api_key=KEY, max_tokens_limit=128)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
