@@ -26,6 +26,10 @@ TINY_CONFIG = dict(
     max_position_embeddings=2048,
     tie_word_embeddings=False,
 )
+# the same shape as train.py overrides of the tiny_mistral config (subprocess tests)
+TINY_OVERRIDES = [
+    f"model.config.{k}={TINY_CONFIG[k]}" for k in ("hidden_size", "intermediate_size", "num_hidden_layers")
+]
 
 
 @pytest.fixture(autouse=True)

@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import TINY_OVERRIDES
+
 REPO = Path(__file__).resolve().parents[2]
 # tiny model, small toy set, 4 optimizer steps of a global batch of 8, no checkpoints or loggers
 TINY = [
-    "model.config.hidden_size=64",
-    "model.config.intermediate_size=128",
-    "model.config.num_hidden_layers=2",
+    *TINY_OVERRIDES,
     "logger=none",
     "trainer.enable_progress_bar=false",
     "callbacks.model_checkpoint=null",

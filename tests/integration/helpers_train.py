@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import TINY_OVERRIDES
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
-    "model.config.hidden_size=64",
-    "model.config.intermediate_size=128",
-    "model.config.num_hidden_layers=2",
+    *TINY_OVERRIDES,
     "trainer.enable_progress_bar=false",
     "logger=none",
 ]

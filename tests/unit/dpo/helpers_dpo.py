@@ -7,16 +7,9 @@ from pathlib import Path
 
 import torch
 
-TINY = dict(
-    vocab_size=32000,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=2048,
-    tie_word_embeddings=False,
-)
+from tests.conftest import TINY_CONFIG
+
+TINY = TINY_CONFIG
 QUESTIONS = [
     ("Add 12 and 30.", "The answer is 42.", "12 + 30 = 32. The answer is 32."),
     ("What is 7 times 6?", "The answer is 42.", "I am not sure, maybe 48."),

@@ -11,6 +11,7 @@ import torch
 from torch.testing import assert_close
 from transformers import MistralConfig, MistralForCausalLM
 
+from tests.conftest import TINY_CONFIG
 from zephyr.data.preference_module import collate_pairs
 from zephyr.data.prefix_share import collate_pairs_prefix_shared, segment_mask
 from zephyr.modules.reference import pair_logps
@@ -27,16 +28,7 @@ ITEMS = [
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = MistralConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-    )
+    cfg = MistralConfig(**{**TINY_CONFIG, "vocab_size": 512, "max_position_embeddings": 256})
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     return MistralForCausalLM(cfg).float().eval()
