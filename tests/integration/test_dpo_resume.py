@@ -64,11 +64,11 @@ def test_dpo_kill_and_resume_reproduces_loss_curve(tmp_path):
     saved = sorted(int(p.stem[4:]) for p in ckpt_dir.glob("step*.ckpt"))
     assert saved and saved[-1] < STEPS, "the run finished before it could be killed"
 
-    run_train(*common, f"paths.output_dir={kill_dir}", "ckpt_path=last")
-    resumed = losses(kill_dir)
-    start = min(resumed)
-    # resumed right after a checkpointed step (last.ckpt may lag the newest stepN.ckpt by one save), not from scratch
-    assert 1 < start <= saved[-1] + 1 and (start - 1) % 3 == 0
-    assert sorted(resumed) == list(range(start, STEPS + 1))
-    for step in range(start, STEPS + 1):
+    newest = kill_dir / "checkpoints" / f"step{saved[-1]:06d}.ckpt"
+    proc = run_train(*common, f"paths.output_dir={kill_dir}", "ckpt_path=last")
+    # resumed from the newest complete checkpoint, not from scratch
+    assert f"resuming from {newest}" in proc.stdout + proc.stderr
+    resumed = losses(kill_dir)  # metrics.csv keeps the killed run's steps before the resume point
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
         assert resumed[step] == pytest.approx(reference[step], abs=1e-5), f"step {step}"
