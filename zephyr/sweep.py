@@ -9,10 +9,13 @@ gets, in its multirun folder (``runs/multirun/<task_name>/<time>/``):
   ``eval/*``, ``global_step``) and ``runtime_s``. Rows are read from disk, so the table is also right for
   launchers that run jobs elsewhere, and a failed job shows up with ``status=failed``.
 
-Before each job it sets ``WANDB_NAME`` (built from the job's overrides, e.g. ``beta=0.05,lr=0.0001``) and
-``WANDB_RUN_GROUP`` (the experiment's ``task_name``) unless already set in the environment by the user; the
-W&B logger leaves ``name``/``group`` null in config, so W&B takes them from there and all runs of a sweep sit
-side by side in one group.
+Before each job it sets ``WANDB_NAME`` (built from the job's own overrides of the swept keys, e.g.
+``beta=0.05,lr=0.0001``) and ``WANDB_RUN_GROUP`` (the experiment's ``task_name``) unless already set in the
+environment by the user. ``conf/logger/wandb.yaml`` reads both into the logger's ``name``/``group`` when the job
+builds its logger: passed explicitly, because W&B reads its environment once per process, so a name left to
+W&B would be the first job's for every job of a local multirun. All runs of a sweep sit side by side in one
+group. The swept keys are those of ``hydra.sweeper.params`` plus the sweep overrides of the command line
+(``objective.beta=0.1,0.5``); with none known (a single run) the name has every visible override.
 """
 
 from __future__ import annotations
@@ -39,12 +42,18 @@ def _split(override: str) -> tuple[str, str]:
     return key.lstrip("+~"), value
 
 
-def run_name(overrides: list[str]) -> str | None:
+def run_name(overrides: list[str], swept: list[str] | None = None) -> str | None:
     """A short readable run name: ``key=value`` pairs by their last key part, without experiment/sweep/paths.
+
+    With ``swept``, only those keys are named (when the overrides set any of them).
 
     >>> run_name(["+experiment=dpo_beta", "objective.beta=0.05", "objective.optimizer.lr=1e-4"])
     'beta=0.05,lr=1e-4'
+    >>> run_name(["objective.beta=0.05", "trainer.max_steps=2"], swept=["objective.beta"])
+    'beta=0.05'
     """
+    if swept and any(_split(o)[0] in swept for o in overrides):
+        overrides = [o for o in overrides if _split(o)[0] in swept]
     parts = []
     for o in overrides:
         key, value = _split(o)
@@ -54,6 +63,20 @@ def run_name(overrides: list[str]) -> str | None:
             value = REDACTED
         parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
     return ",".join(parts) or None
+
+
+def sweep_keys(config: DictConfig) -> list[str]:
+    """The keys a (multi)run config sweeps: ``hydra.sweeper.params`` and the command line's sweep overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = [str(k) for k in (OmegaConf.select(config, "hydra.sweeper.params", default=None) or {})]
+    task = [str(o) for o in (OmegaConf.select(config, "hydra.overrides.task", default=None) or [])]
+    try:
+        parsed = OverridesParser.create().parse_overrides(task)
+    except Exception:  # an override Hydra itself would refuse; the name falls back to every override
+        parsed = []
+    keys += [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+    return list(dict.fromkeys(keys))
 
 
 def _job_overrides(job_dir: Path) -> list[str] | None:
@@ -110,10 +133,15 @@ class SweepCallback(Callback):
 
     def __init__(self) -> None:
         self._user_env = {k: os.environ.get(k) for k in ("WANDB_NAME", "WANDB_RUN_GROUP")}
+        self._swept: list[str] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._swept = sweep_keys(config)  # the command line's sweeps are only visible here, before expansion
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
-        name, group = run_name(overrides), OmegaConf.select(config, "task_name", default=None)
+        overrides = [str(o) for o in (OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])]
+        swept = list(dict.fromkeys([*self._swept, *sweep_keys(config)]))
+        name, group = run_name(overrides, swept), OmegaConf.select(config, "task_name", default=None)
         for env, value in (("WANDB_NAME", name), ("WANDB_RUN_GROUP", group)):
             if self._user_env[env]:
                 continue  # the user's own choice wins
@@ -126,6 +154,5 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return
-        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-        rows = summarize(sweep_dir, swept=[str(k) for k in params])
+        rows = summarize(sweep_dir, swept=self._swept or sweep_keys(config))
         log.info("sweep summary of %d jobs: %s", len(rows), sweep_dir / "summary.csv")

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from zephyr.sweep import SweepCallback, run_name, summarize
+from zephyr.sweep import SweepCallback, run_name, summarize, sweep_keys
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 
@@ -79,6 +79,68 @@ def test_callback_sets_wandb_name_and_group_per_job(monkeypatch):
     monkeypatch.setenv("WANDB_NAME", "mine")
     SweepCallback().on_job_start(cfg, task_function=None)
     assert os.environ["WANDB_NAME"] == "mine"
+
+
+def test_job_names_keep_only_the_swept_keys_of_each_jobs_overrides(monkeypatch):
+    monkeypatch.delenv("WANDB_NAME", raising=False)
+    multirun = OmegaConf.create(
+        {
+            "task_name": "dpo_beta",
+            "hydra": {
+                "sweeper": {"params": {"objective.beta": "0.01,0.5"}},
+                "overrides": {
+                    "task": ["+experiment=dpo_beta", "objective.optimizer.lr=1e-4,3e-4", "trainer.max_steps=2"]
+                },
+            },
+        }
+    )
+    assert sweep_keys(multirun) == ["objective.beta", "objective.optimizer.lr"]
+    cb = SweepCallback()
+    cb.on_multirun_start(multirun)
+    names = []
+    for beta, lr in [("0.01", "1e-4"), ("0.5", "3e-4")]:
+        job = OmegaConf.create(
+            {
+                "task_name": "dpo_beta",
+                "hydra": {
+                    "sweeper": {"params": {"objective.beta": "0.01,0.5"}},
+                    "overrides": {
+                        "task": [
+                            f"objective.beta={beta}",
+                            "+experiment=dpo_beta",
+                            f"objective.optimizer.lr={lr}",
+                            "trainer.max_steps=2",
+                        ]
+                    },
+                },
+            }
+        )
+        cb.on_job_start(job, task_function=None)
+        names.append(os.environ["WANDB_NAME"])
+    assert names == ["beta=0.01,lr=1e-4", "beta=0.5,lr=3e-4"]
+    # a single run of a sweep experiment sets no swept key: every visible override names it
+    monkeypatch.delenv("WANDB_NAME")
+    single = OmegaConf.create(
+        {
+            "task_name": "t",
+            "hydra": {
+                "sweeper": {"params": {"objective.beta": "0.1,0.5"}},
+                "overrides": {"task": ["trainer.max_steps=2"]},
+            },
+        }
+    )
+    SweepCallback().on_job_start(single, task_function=None)
+    assert os.environ["WANDB_NAME"] == "max_steps=2"
+
+
+def test_wandb_logger_takes_name_and_group_from_the_job_environment(cfg_of, monkeypatch):
+    monkeypatch.setenv("WANDB_NAME", "beta=0.3")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "dpo_beta")
+    cfg = cfg_of("logger=wandb")
+    assert (cfg.logger.name, cfg.logger.group) == ("beta=0.3", "dpo_beta")
+    monkeypatch.delenv("WANDB_NAME")
+    monkeypatch.delenv("WANDB_RUN_GROUP")
+    assert cfg_of("logger=wandb").logger.name is None
 
 
 @pytest.mark.parametrize("experiment", ["dpo_toy", "dpo_beta", "dpo_lr", "dpo_epochs", "dpo_grid"])
