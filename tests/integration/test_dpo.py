@@ -32,7 +32,7 @@ def test_missing_dsft_checkpoint_says_which_command_makes_it(tmp_path):
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith(f"train.py: error: model.path={tmp_path}/runs/dsft/model has no checkpoint")
-    assert "`python train.py paths.output_dir=runs/dsft`" in line
+    assert "`python train.py trainer.max_steps=500 paths.output_dir=runs/dsft`" in line
 
 
 @pytest.mark.slow
