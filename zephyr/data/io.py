@@ -160,8 +160,20 @@ def load_numbered_rows(
     limit: int | None = None,
     builtin: Callable[[], Iterable[dict[str, Any]]] | None = None,
 ) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
-    """:func:`load_rows` with each row's number (what ``FILE: row N`` messages say; see :func:`read_local_numbered`;
-    hub and built-in rows are numbered from 1).
+    """Load rows from a local file, a hub dataset, or a built-in generator, in that order of preference.
+
+    Args:
+        path: local ``.jsonl``/``.json``/``.parquet`` file.
+        name: Hugging Face dataset name (e.g. ``HuggingFaceH4/ultrachat_200k``), loaded with ``split``.
+        split: the split to load from a hub dataset.
+        revision: dataset revision (commit or tag) for reproducibility.
+        limit: keep only the first ``limit`` rows.
+        builtin: callable producing rows when neither ``path`` nor ``name`` is set.
+
+    Returns:
+        ``(source, [(number, row), ...])``: ``source`` names the file or ``name[split]`` for error messages, and
+        ``number`` is what ``FILE: row N`` messages say (the file line, see :func:`read_local_numbered`; hub and
+        built-in rows are numbered from 1).
     """
     if path:
         source, numbered = str(Path(path).expanduser()), read_local_numbered(path)
@@ -177,31 +189,3 @@ def load_numbered_rows(
     if not numbered:
         raise DataError(f"{source}: no rows")
     return source, numbered
-
-
-def load_rows(
-    *,
-    path: str | None = None,
-    name: str | None = None,
-    split: str = "train",
-    revision: str | None = None,
-    limit: int | None = None,
-    builtin: Callable[[], Iterable[dict[str, Any]]] | None = None,
-) -> tuple[str, list[dict[str, Any]]]:
-    """Load rows from a local file, a hub dataset, or a built-in generator, in that order of preference.
-
-    Args:
-        path: local ``.jsonl``/``.json``/``.parquet`` file.
-        name: Hugging Face dataset name (e.g. ``HuggingFaceH4/ultrachat_200k``), loaded with ``split``.
-        split: the split to load from a hub dataset.
-        revision: dataset revision (commit or tag) for reproducibility.
-        limit: keep only the first ``limit`` rows.
-        builtin: callable producing rows when neither ``path`` nor ``name`` is set.
-
-    Returns:
-        ``(source, rows)`` where ``source`` names the file or ``name[split]`` for error messages.
-    """
-    source, numbered = load_numbered_rows(
-        path=path, name=name, split=split, revision=revision, limit=limit, builtin=builtin
-    )
-    return source, [row for _, row in numbered]

@@ -7,7 +7,7 @@ import torch
 
 from tests.conftest import write_jsonl
 from zephyr.data.collate import ResumableBatchSampler, collate_rows
-from zephyr.data.io import DataError, load_rows, read_local_rows
+from zephyr.data.io import DataError, load_numbered_rows, read_local_rows
 from zephyr.data.sft import IGNORE_INDEX, build_sft_examples, pack_best_fit, tokenize_conversation
 
 CONV = [
@@ -60,7 +60,8 @@ BAD_ROWS = {
 def test_bad_row_error_names_file_and_row(tokenizer, tmp_path, case):
     row, reason = BAD_ROWS[case]
     path = write_jsonl(tmp_path / "d.jsonl", [good_row(0), good_row(1), row])
-    source, rows = load_rows(path=str(path))
+    source, numbered = load_numbered_rows(path=str(path))
+    rows = [row for _, row in numbered]
     with pytest.raises(DataError) as e:
         build_sft_examples(tokenizer, rows, source=source, max_length=512)
     msg = str(e.value)
