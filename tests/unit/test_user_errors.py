@@ -78,7 +78,10 @@ def plugin_installed(module: str) -> bool:
         (["data.loss_on=assistant_only"], ["data.loss_on='assistant_only' must be one of assistant, all"]),
         (
             ["+experiment=dpo_toy", "model.path=runs/zephyr-test-not-trained/model"],
-            ["model.path=runs/zephyr-test-not-trained/model has no checkpoint", "python train.py paths.output_dir="],
+            [
+                "model.path=runs/zephyr-test-not-trained/model has no checkpoint",
+                "python train.py trainer.max_steps=500 paths.output_dir=",
+            ],
         ),
     ],
     ids=["max_steps", "bool", "loss_on", "model_path"],
