@@ -27,3 +27,26 @@ def run_train(*overrides: str, timeout: int = 300, check: bool = True) -> subpro
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def kill_when(*overrides: str, ready, timeout: float = 240, poll: float = 0.02) -> None:
+    """Start ``train.py`` with ``overrides`` and kill -9 its process group once ``ready()`` is true.
+
+    Also stops waiting when the run exits by itself or after ``timeout`` seconds (the caller checks what it got).
+    """
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        train_cmd(*overrides),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and not ready() and proc.poll() is None:
+        time.sleep(poll)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import csv
-import os
-import signal
-import subprocess
-import time
 
 import pytest
 
-from tests.integration.helpers_train import REPO, run_train, train_cmd
+from tests.integration.helpers_train import kill_when, run_train
 from tests.unit.dpo.helpers_dpo import export_tiny, pref_rows, write_jsonl
 
 STEPS = 16
@@ -47,20 +43,8 @@ def test_dpo_kill_and_resume_reproduces_loss_curve(tmp_path):
     reference = losses(ref_dir)
     assert sorted(reference) == list(range(1, STEPS + 1))
 
-    proc = subprocess.Popen(
-        train_cmd(*common, f"paths.output_dir={kill_dir}"),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
     ckpt_dir = kill_dir / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(ckpt_dir.glob("step00000[6-9].ckpt")) and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(*common, f"paths.output_dir={kill_dir}", ready=lambda: list(ckpt_dir.glob("step00000[6-9].ckpt")))
     saved = sorted(int(p.stem[4:]) for p in ckpt_dir.glob("step*.ckpt"))
     assert saved and saved[-1] < STEPS, "the run finished before it could be killed"
 

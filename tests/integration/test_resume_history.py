@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import signal
-import subprocess
-import time
 
 import pytest
 
 from tests.conftest import write_jsonl
-from tests.integration.helpers_train import REPO, run_train, train_cmd
+from tests.integration.helpers_train import kill_when, run_train
 from tests.integration.test_resume import COMMON as RESUME_COMMON
 from tests.integration.test_resume import losses
 from zephyr.toy.teacher import sft_dialogues
@@ -36,21 +32,17 @@ def resumed(tmp_path_factory):
     common = [f"data.path={data}", *COMMON]
     run_train(*common, f"paths.output_dir={ref_dir}")
     # the killed run keeps every step checkpoint, so an older one can stand in for a lagging last.ckpt
-    proc = subprocess.Popen(
-        train_cmd(*common, f"paths.output_dir={run_dir}", "callbacks.model_checkpoint.save_top_k=-1"),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
     ckpt_dir = run_dir / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (ckpt_dir / "step000008.ckpt").exists() and proc.poll() is None:
-        time.sleep(0.02)
-    mid_run_steps = csv_steps(run_dir) if (run_dir / "metrics.csv").exists() else []
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    mid: dict[str, list[int]] = {}
+
+    def ready() -> bool:  # step 8 saved: read metrics.csv while the run still trains, then kill it
+        if not (ckpt_dir / "step000008.ckpt").exists():
+            return False
+        mid["steps"] = csv_steps(run_dir) if (run_dir / "metrics.csv").exists() else []
+        return True
+
+    kill_when(*common, f"paths.output_dir={run_dir}", "callbacks.model_checkpoint.save_top_k=-1", ready=ready)
+    mid_run_steps = mid.get("steps", [])
     saved = sorted(int(p.stem[4:]) for p in ckpt_dir.glob("step*.ckpt"))
     assert saved and 8 <= saved[-1] < STEPS, f"the run finished before it could be killed: {saved}"
     killed_steps = csv_steps(run_dir)
