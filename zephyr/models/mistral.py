@@ -63,6 +63,7 @@ def build_model(
     init_seed: int = 0,
     revision: str | None = None,
     gradient_checkpointing: bool = False,
+    quantization_config: Any = None,
     **unused: Any,
 ) -> PreTrainedModel:
     """Create the causal LM.
@@ -75,6 +76,7 @@ def build_model(
         init_seed: seed for random init, so the same config gives the same weights on every run.
         revision: hub revision when ``path`` is a hub name.
         gradient_checkpointing: recompute activations in backward (less memory, ~30 % slower).
+        quantization_config: a ``BitsAndBytesConfig`` for ``from_pretrained`` (``adapter=qlora``: 4-bit base).
         **unused: other keys of the model config group (tokenizer, name) that are not for this function.
 
     Returns:
@@ -94,8 +96,13 @@ def build_model(
             if not (expanded / "config.json").is_file():
                 raise FileNotFoundError(f"model.path={path}: no config.json there (expected an exported HF checkpoint)")
             path = str(expanded)
+        quantized = {"quantization_config": quantization_config, "device_map": {"": _kbit_device()}}
         model = AutoModelForCausalLM.from_pretrained(
-            path, revision=revision, dtype=torch_dtype, attn_implementation=attn
+            path,
+            revision=revision,
+            dtype=torch_dtype,
+            attn_implementation=attn,
+            **(quantized if quantization_config else {}),
         )
     else:
         if not config:
@@ -112,6 +119,11 @@ def build_model(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     return model
+
+
+def _kbit_device() -> str:
+    """Where a quantized base is loaded: this rank's GPU (``LOCAL_RANK``), else the CPU."""
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
 
 
 def count_parameters(model: torch.nn.Module) -> int:
