@@ -28,6 +28,8 @@ from zephyr.callbacks import (
     step_checkpoints,
 )
 from zephyr.errors import ConfigError
+from zephyr.models.adapters import adapter_config, apply_adapter, check_adapter, describe_parameters, is_peft_model
+from zephyr.models.adapters import model_kwargs as adapter_model_kwargs
 from zephyr.secrets import redact, scrub, scrub_run_files, secret_values
 from zephyr.tokenizer import load_tokenizer
 
@@ -124,6 +126,13 @@ def check_model_path(cfg: DictConfig) -> None:
     p = Path(str(path)).expanduser()
     if (p / "config.json").is_file():
         return
+    if (p / "adapter_config.json").is_file():  # a PEFT adapter folder (<run>/adapter), not a full model
+        merged = p.parent / "model"
+        offer = f"model.path={merged}" if (merged / "config.json").is_file() else "the run's merged export <run>/model"
+        raise ConfigError(
+            f"model.path={path} is a LoRA adapter (adapter_config.json, no config.json), not a full model: "
+            f"start from {offer} (the base with these adapters merged in)"
+        )
     hint = cfg.model.get("missing_hint") or "train one with `python train.py paths.output_dir=DIR` (exports DIR/model)"
     raise ConfigError(f"model.path={path} has no checkpoint; {hint}")
 
@@ -349,6 +358,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_required(cfg)
     check_trainer_values(cfg)
     check_objective_data(cfg)
+    check_adapter(cfg)
     out = resolve_output_dir(cfg)
     check_model_path(cfg)
     ckpt_path = resolve_ckpt_path(cfg, out)
@@ -374,7 +384,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("fit")  # read and validate the data before any model is built: a bad row stops the run now
     from zephyr.scale.launch import compile_model
 
-    model = compile_model(build(cfg.model), cfg)
+    model = apply_adapter(build(cfg.model, **adapter_model_kwargs(cfg)), adapter_config(cfg))
+    log.info("%s", describe_parameters(model))
+    model = compile_model(model, cfg)
     module = build(cfg.objective, model=model)
     if hasattr(module, "attach"):
         module.attach(cfg=cfg, datamodule=datamodule, tokenizer=tokenizer, output_dir=out)
@@ -392,11 +404,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["runtime_s"] = time.perf_counter() - started
         if cfg.get("export", True):
             from zephyr.data.chat_template import prompt_format
-            from zephyr.models.export import export_hf
+            from zephyr.models.export import export_adapter_run, export_hf
             from zephyr.scale.launch import model_to_export
 
             export_model = model_to_export(trainer, module.model)  # every rank: sharded weights are gathered
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and is_peft_model(module.model):
+                export_adapter_run(
+                    module.model,
+                    tokenizer,
+                    adapter=adapter_config(cfg),
+                    load_base=lambda: build(cfg.model).eval(),
+                    base=cfg.model.get("path"),
+                    adapter_dir=out / "adapter",
+                    model_dir=out / "model",
+                    dtype=cfg.get("export_dtype"),
+                    metadata={"metrics": metrics, "overrides": [scrub(o, secrets) for o in _overrides()]},
+                    prompt_format=prompt_format(cfg.data),
+                )
+                log.info("exported the merged model to %s and the adapter to %s", out / "model", out / "adapter")
+            elif trainer.is_global_zero:
                 target = export_hf(
                     export_model,
                     tokenizer,
