@@ -387,9 +387,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = apply_adapter(build(cfg.model, **adapter_model_kwargs(cfg)), adapter_config(cfg))
     log.info("%s", describe_parameters(model))
     model = compile_model(model, cfg)
-    module = build(cfg.objective, model=model)
-    if hasattr(module, "attach"):
-        module.attach(cfg=cfg, datamodule=datamodule, tokenizer=tokenizer, output_dir=out)
+    module = build(cfg.objective, model=model)  # DPO: its reference reads the pairs from trainer.datamodule
     callbacks, metrics_cb = build_callbacks(cfg, out)
     loggers = build_loggers(cfg, out, flat_cfg)
     metrics: dict[str, float] = {}

@@ -20,6 +20,16 @@ from zephyr.errors import NonFiniteLossError
 SCHEDULES = ("cosine", "linear", "constant")
 
 
+def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(body, head)`` of a causal LM: the decoder giving final hidden states, and the vocabulary projection.
+
+    A PEFT model (``get_base_model``) is looked through: its body and head are the wrapped model's, with the
+    adapter layers in place (so ``with model.disable_adapter():`` reaches them too).
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.base_model, inner.get_output_embeddings()
+
+
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """Multiplier of the peak learning rate at optimizer step ``s`` (0-based).
 
@@ -78,7 +88,7 @@ class ZephyrModule(pl.LightningModule):
     # ---- forward helpers -------------------------------------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Final hidden states ``(B, T, H)`` of a padding-free batch (no 2-D mask; position ids restart)."""
-        out = self.model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        out = lm_parts(self.model)[0](input_ids=input_ids, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
     def logits(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:

@@ -28,21 +28,16 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch.utils.data import DataLoader
 
 from zephyr.fileio import atomic_open
-from zephyr.objectives.logprobs import (
-    SequenceLogps,
-    completion_logits_sum,
-    completion_logps,
-    token_logps_from_hidden,
-)
-from zephyr.objectives.prefix_share import prefix_shared_logps
+from zephyr.modules.pair_forward import pair_logps
 
 log = logging.getLogger(__name__)
 
@@ -50,104 +45,27 @@ CACHE_FORMAT = 1
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
-# ---- the pair forward (policy and reference share it) ----------------------------------------------------------
-def _as_labels(targets: torch.Tensor) -> torch.Tensor:
-    """``(B, T)`` targets predicted at ``t`` -> labels whose ``[:, t + 1]`` is predicted at ``t``."""
-    return torch.nn.functional.pad(targets[:, :-1], (1, 0), value=-100)
-
-
-def _full_logits_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool) -> SequenceLogps:
-    """:class:`SequenceLogps` from full ``(N, T, V)`` logits and ``(N, T)`` labels."""
-    counts = (labels[:, 1:] != -100).sum(-1)
-    return SequenceLogps(
-        completion_logps(logits, labels, average=average), counts, completion_logits_sum(logits, labels)
-    )
-
-
-def pair_logps(
-    model: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
-    *,
-    average: bool = False,
-    chunked: bool = True,
-    chunk_size: int = 1024,
-) -> SequenceLogps:
-    """Completion log-probs of the chosen and rejected completions of a preference batch in one forward pass.
-
-    Two batch layouts (:class:`zephyr.data.preference_module.PreferenceDataModule` ``layout``):
-
-    * concatenated (:func:`zephyr.data.preference_module.collate_pairs`): ``input_ids``, ``position_ids``,
-      ``labels``, all ``(2B, T)``, padding-free, no attention mask;
-    * prefix-shared (:func:`zephyr.data.preference_module.collate_pairs_shared`, recognised by
-      ``chosen_targets``): ``input_ids``, ``position_ids``, ``chosen_targets``, ``rejected_targets``
-      ``(B, T)`` and a ``(B, 1, T, T)`` boolean ``attention_mask``; scored by
-      :func:`zephyr.objectives.prefix_share.prefix_shared_logps` (log-probs equal to the concatenated layout's
-      within 1e-5). Needs an attention kernel that takes a 4-D mask (sdpa, eager; not FlashAttention-2).
-
-    Args:
-        model: a causal LM with ``base_model`` and an output embedding (``lm_head``).
-        batch: a batch in either layout.
-        average: per-row mean instead of sum (IPO).
-        chunked: project onto the vocabulary only at counted positions (no ``(rows, T, V)`` logits).
-        chunk_size: counted positions per projection chunk.
-
-    Returns:
-        :class:`SequenceLogps` of ``(2B,)`` tensors: rows ``[:B]`` chosen, ``[B:]`` rejected, in both layouts.
-
-    Raises:
-        ValueError: a prefix-shared batch for a model running FlashAttention-2 (which ignores 4-D masks).
-    """
-    ids, pos = batch["input_ids"], batch["position_ids"]
-    if "chosen_targets" in batch:
-        attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
-        if attn == "flash_attention_2":
-            raise ValueError(
-                "a prefix-shared preference batch needs a 4-D attention mask, which flash_attention_2 does not "
-                "take: set data.layout=concat (or hardware.attn_implementation=sdpa)"
-            )
-        mask, chosen_t, rejected_t = batch["attention_mask"], batch["chosen_targets"], batch["rejected_targets"]
-        if chunked:
-            hidden = model.base_model(
-                input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False
-            ).last_hidden_state  # (B, T, H)
-            head = model.get_output_embeddings()
-            return prefix_shared_logps(
-                hidden,
-                head.weight,
-                chosen_t,
-                rejected_t,
-                lm_head_bias=head.bias,
-                chunk_size=chunk_size,
-                average=average,
-            )
-        logits = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits  # (B, T, V)
-        outs = [_full_logits_logps(logits, _as_labels(t), average) for t in (chosen_t, rejected_t)]
-        return SequenceLogps(*(torch.cat([c, r]) for c, r in zip(outs[0], outs[1])))
-    labels = batch["labels"]
-    if chunked:
-        hidden = model.base_model(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state  # (2B, T, H)
-        head = model.get_output_embeddings()
-        return token_logps_from_hidden(
-            hidden, head.weight, labels, lm_head_bias=head.bias, chunk_size=chunk_size, average=average
-        )
-    logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits  # (2B, T, V)
-    return _full_logits_logps(logits, labels, average)
-
-
 class FrozenReference:
-    """The reference policy: a frozen model in eval mode that only ever runs under ``no_grad``.
+    """A reference policy that only ever runs in eval mode under ``no_grad``.
+
+    Either a separate frozen copy of the starting weights, or, for a PEFT policy (``disable_adapter``), the policy
+    itself with its adapters switched off for the forward: the frozen base IS the starting model, so no second
+    copy of the weights exists (dDPO with LoRA/QLoRA). The policy is then left trainable; only its mode is
+    switched to eval for the reference forward and restored after.
 
     Args:
-        model: the reference model (a separate copy of the dSFT weights; never the policy object).
+        model: the reference model, or the PEFT policy when ``adapters_off``.
+        adapters_off: run ``model`` with ``disable_adapter()`` instead of freezing it.
     """
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = model.eval()
-        self.model.requires_grad_(False)
-        self.forwards = 0  # batches run, for tests and logs
+    def __init__(self, model: torch.nn.Module, *, adapters_off: bool = False):
+        self.model, self.adapters_off = model, adapters_off
+        if not adapters_off:
+            self.model.eval().requires_grad_(False)
 
     def to(self, device: torch.device | str) -> FrozenReference:
-        self.model.to(device)
+        if not self.adapters_off:  # the policy is placed by the trainer
+            self.model.to(device)
         return self
 
     @torch.no_grad()
@@ -155,9 +73,13 @@ class FrozenReference:
         self, batch: dict[str, torch.Tensor], *, average: bool, chunked: bool = True, chunk_size: int = 1024
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ref_chosen_logps, ref_rejected_logps)``, each ``(B,)`` fp32, for a batch in either layout."""
+        was_training = self.model.training
         self.model.eval()
-        self.forwards += 1
-        out = pair_logps(self.model, batch, average=average, chunked=chunked, chunk_size=chunk_size)
+        try:
+            with self.model.disable_adapter() if self.adapters_off else nullcontext():
+                out = pair_logps(self.model, batch, average=average, chunked=chunked, chunk_size=chunk_size)
+        finally:
+            self.model.train(was_training)
         b = out.logps.shape[0] // 2
         return out.logps[:b].float(), out.logps[b:].float()
 
@@ -204,10 +126,27 @@ def checkpoint_fingerprint(path: str | os.PathLike, memo_dir: str | os.PathLike 
     return digest
 
 
+def base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of the base weights: a PEFT model's adapters left out, names as in the unwrapped model.
+
+    ``lora_*`` tensors and ``modules_to_save`` copies are dropped, ``base_model.model.`` / ``.base_layer`` /
+    ``.original_module`` are stripped, so a model and the same model under LoRA give the same dict.
+    """
+    if not hasattr(model, "disable_adapter"):
+        return model.state_dict()
+    out = {}
+    for name, t in model.state_dict().items():
+        if ".lora_" in name or ".modules_to_save." in name:
+            continue
+        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".original_module.", ".")
+        out[name] = t
+    return out
+
+
 def state_dict_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes, bytes)."""
+    """SHA-256 of a model's base parameters and buffers (names, dtypes, shapes, bytes; see :func:`base_state_dict`)."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(base_state_dict(model).items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -329,13 +268,219 @@ def compute_ref_logps(
     return {"chosen": chosen, "rejected": rejected}
 
 
+# ---- the reference the DPO step asks -------------------------------------------------------------------------
+REFERENCE_MODES = ("cache", "live")
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is a reference mode, else a ``ValueError`` naming ``objective.reference.mode``."""
+    if mode not in REFERENCE_MODES:
+        raise ValueError(f"objective.reference.mode={mode!r} must be one of {REFERENCE_MODES}")
+    return mode
+
+
+class PairData(Protocol):
+    """What the reference reads from the preference data (:class:`zephyr.data.preference_module.PreferenceDataModule`).
+
+    ``tokenizer``, ``max_length`` and ``max_prompt_length`` and ``fingerprint(split)`` go into the cache key;
+    ``train_items`` / ``eval_items`` (after ``setup``) and ``collate`` are what the cache fill runs;
+    ``local_dir()`` is where the cache goes by default.
+    """
+
+    tokenizer: Any
+    max_length: int
+    max_prompt_length: int
+    train_items: list[dict[str, Any]] | None
+    eval_items: list[dict[str, Any]] | None
+
+    @property
+    def collate(self) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]: ...
+
+    def setup(self, stage: str | None = None) -> None: ...
+
+    def fingerprint(self, split: str) -> str: ...
+
+    def local_dir(self) -> Path | None: ...
+
+
+class Reference:
+    """DPO's reference log-probs ``log π_ref(y|x)``: cached on disk (``mode=cache``) or from a live frozen model.
+
+    Hydra builds it from ``objective.reference`` as a partial holding the configuration (``conf/objective/dpo.yaml``
+    interpolates the key parts there); :class:`zephyr.modules.dpo.DPOModule` completes it with the policy at
+    construction (before any step or checkpoint restore, so a random-init policy's fingerprint is its starting
+    weights) and calls :meth:`prepare` with the pairs at fit start.
+
+    The reference weights: for a PEFT policy (``disable_adapter``) the policy itself with adapters disabled (never
+    a copy, never reloaded); otherwise a fresh copy built from ``model`` (a model config such as ``${model}``, or a
+    zero-argument callable), built only when needed: live mode, or a cache miss.
+
+    Args:
+        policy: the model being trained.
+        average: IPO's length-averaged log-probs (part of the key).
+        chunked: see :func:`zephyr.modules.pair_forward.pair_logps`.
+        chunk_size: see :func:`zephyr.modules.pair_forward.pair_logps`.
+        mode: ``cache`` or ``live``.
+        cache_dir: cache folder; ``None``: ``.zephyr_cache/ref_logps`` next to a local data file, else
+            ``<root_dir>/runs/cache/ref_logps``.
+        batch_size: pairs per reference forward while filling the cache.
+        model: builds the reference copy (a model config with ``_target_``, or a callable).
+        model_path: ``model.path``: a local checkpoint (fingerprinted by its files), a hub name (by name and
+            revision), or ``None`` (random init: the policy's base state dict).
+        model_revision: ``model.revision`` (hub checkpoints).
+        precision: the trainer precision (bf16 log-probs differ from fp32 ones).
+        dtype: the reference weights' dtype.
+        root_dir: ``paths.root_dir`` (default cache folder and the checkpoint-fingerprint memo).
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: torch.nn.Module,
+        average: bool = False,
+        chunked: bool = True,
+        chunk_size: int = 1024,
+        mode: str = "cache",
+        cache_dir: str | os.PathLike | None = None,
+        batch_size: int = 16,
+        model: Mapping[str, Any] | Callable[[], torch.nn.Module] | None = None,
+        model_path: str | None = None,
+        model_revision: str | None = None,
+        precision: str = "32-true",
+        dtype: str = "float32",
+        root_dir: str | os.PathLike = ".",
+    ):
+        self.mode = check_mode(mode)
+        self.policy, self.model_cfg = policy, model
+        self.forward_opts = {"average": bool(average), "chunked": chunked, "chunk_size": int(chunk_size)}
+        self.cache_dir, self.batch_size = cache_dir, int(batch_size)
+        self.precision, self.dtype, self.root = str(precision), str(dtype), Path(str(root_dir)) / "runs" / "cache"
+        self.adapters_off = hasattr(policy, "disable_adapter")
+        if model_path and Path(str(model_path)).expanduser().is_dir():
+            self.weights = checkpoint_fingerprint(model_path, memo_dir=self.root)
+        elif model_path:
+            self.weights = f"hub:{model_path}@{model_revision or 'main'}"
+        else:  # random init (seeded): the reference is the same init, which is the policy before any step
+            self.weights = state_dict_fingerprint(policy)
+        self.data: PairData | None = None
+        self.cache: RefLogpsCache | None = None
+        self.model: FrozenReference | None = None  # live mode
+        self.tables: dict[str, dict[str, torch.Tensor]] = {}  # cache mode: split -> {"chosen", "rejected"}
+        self.forwards = 0  # reference batches run (cache fills and live steps)
+        self.model_loaded = False  # a copy of the weights was built
+
+    def key_parts(self, split: str, data: PairData | None = None) -> dict[str, Any]:
+        """Everything the cached reference log-probs of ``split`` (train | eval) of ``data`` depend on.
+
+        ``data``: ``None`` for the pairs bound by :meth:`prepare`.
+        """
+        data = data if data is not None else self._bound()
+        return {
+            "weights": self.weights,
+            "tokenizer": tokenizer_fingerprint(data.tokenizer),
+            "max_length": int(data.max_length),
+            "max_prompt_length": int(data.max_prompt_length),
+            "average": self.forward_opts["average"],
+            "precision": self.precision,
+            "dtype": self.dtype,
+            "data": data.fingerprint(split),
+            "split": split,
+        }
+
+    def _bound(self) -> PairData:
+        if self.data is None:
+            raise RuntimeError("the DPO reference has no pairs yet: call prepare(data) before using it")
+        return self.data
+
+    def _frozen(self, device: torch.device | str) -> FrozenReference:
+        """The reference weights: the adapters-off policy, or a fresh frozen copy (counted in ``model_loaded``)."""
+        if self.adapters_off:
+            return FrozenReference(self.policy, adapters_off=True)
+        if self.model_cfg is None:
+            raise RuntimeError("the DPO reference has no model to load: pass model= (a model config or a callable)")
+        if callable(self.model_cfg):
+            copy = self.model_cfg()
+        else:
+            from hydra.utils import instantiate
+
+            copy = instantiate(self.model_cfg, _convert_="all")
+        self.model_loaded = True
+        return FrozenReference(copy).to(device)
+
+    def prepare(self, data: PairData, *, device: torch.device | str = "cpu", trainer: Any = None) -> None:
+        """Bind the pairs; live mode: get the frozen model; cache mode: load (or fill, then load) each split's table.
+
+        Args:
+            data: the preference data (set up here if it is not yet).
+            device: where reference forwards run.
+            trainer: the Lightning trainer, if any: its precision context is used for the fill, rank 0 fills and
+                the other ranks wait at a barrier, then read the files.
+        """
+        if self.data is not None:
+            return
+        self.data = data
+        if self.mode == "live":
+            self.model = self._frozen(device)
+            return
+        if self.cache_dir:
+            cache_dir = Path(str(self.cache_dir))
+        else:
+            local = data.local_dir() if hasattr(data, "local_dir") else None
+            cache_dir = local / ".zephyr_cache" / "ref_logps" if local else self.root / "ref_logps"
+        self.cache = RefLogpsCache(cache_dir)
+        if data.train_items is None:
+            data.setup("fit")
+        splits = {s: items for s, items in (("train", data.train_items), ("eval", data.eval_items)) if items}
+        keys = {s: cache_key(self.key_parts(s)) for s in splits}
+        tables = {s: self.cache.load(k) for s, k in keys.items()}
+        missing = [s for s, t in tables.items() if t is None or len(t["chosen"]) != len(splits[s])]
+        if not missing:
+            log.info("reference log-probs: cache hit in %s (reference model not loaded)", self.cache.root)
+        elif trainer is None or trainer.is_global_zero:
+            frozen = self._frozen(device)
+            autocast = trainer.precision_plugin.forward_context if trainer is not None else None
+            for s in missing:
+                loader = DataLoader(splits[s], batch_size=self.batch_size, shuffle=False, collate_fn=data.collate)
+                counted = (self._count(b) for b in loader)
+                desc = f"reference log-probs ({s})"
+                tables[s] = compute_ref_logps(
+                    frozen, counted, len(splits[s]), device=device, autocast=autocast, desc=desc, **self.forward_opts
+                )
+                written = self.cache.save(keys[s], tables[s], self.key_parts(s))
+                log.info("reference log-probs for %d %s pairs cached in %s", len(splits[s]), s, written)
+            del frozen  # frees a second copy of the weights before training starts
+        if missing and trainer is not None and trainer.world_size > 1:
+            trainer.strategy.barrier("reference_cache")
+            tables = {s: self.cache.load(k) for s, k in keys.items()}
+        self.tables = {s: t for s, t in tables.items() if t is not None}
+
+    def _count(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.forwards += 1
+        return batch
+
+    def logps(self, batch: dict[str, torch.Tensor], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ref_chosen_logps, ref_rejected_logps)``, each ``(B,)``: a live forward, or rows of ``split``'s table."""
+        if self.model is not None:
+            self._count(batch)
+            return self.model.logps(batch, **self.forward_opts)
+        self._bound()
+        table = self.tables[split]
+        idx = batch["index"].cpu()
+        device = batch["index"].device
+        return table["chosen"][idx].to(device), table["rejected"][idx].to(device)
+
+
 __all__ = [
+    "REFERENCE_MODES",
     "FrozenReference",
+    "PairData",
     "RefLogpsCache",
+    "Reference",
+    "base_state_dict",
     "cache_key",
+    "check_mode",
     "checkpoint_fingerprint",
     "compute_ref_logps",
-    "pair_logps",
     "state_dict_fingerprint",
     "tokenizer_fingerprint",
 ]

@@ -65,12 +65,16 @@ def make_datamodule(tokenizer, path: Path, **kwargs):
 
 
 def make_module(ckpt: Path, tokenizer, dm, *, cache_dir=None, mode="cache", lr=1e-3, **kwargs):
-    """A DPOModule whose reference is loaded from ``ckpt``; ``load_count[0]`` counts reference loads."""
+    """A DPOModule whose reference copy is loaded from ``ckpt``; ``load_count[0]`` counts reference loads.
+
+    ``tokenizer`` and ``dm`` are the pairs the test will hand to ``module.prepare_reference(dm)``; they are
+    not bound here (the module gets its data at fit time).
+    """
     from functools import partial
 
     from zephyr.models.mistral import build_model
     from zephyr.modules.dpo import DPOModule
-    from zephyr.modules.reference import checkpoint_fingerprint
+    from zephyr.modules.reference import Reference
 
     load_count = [0]
 
@@ -78,18 +82,15 @@ def make_module(ckpt: Path, tokenizer, dm, *, cache_dir=None, mode="cache", lr=1
         load_count[0] += 1
         return build_model(str(ckpt))
 
+    root = Path(ckpt).parent  # the fingerprint memo goes next to the test checkpoint, not into the checkout
+    reference = partial(
+        Reference, mode=mode, batch_size=4, cache_dir=cache_dir, model=load, model_path=str(ckpt), root_dir=root
+    )
     module = DPOModule(
         build_model(str(ckpt)),
         partial(torch.optim.AdamW, lr=lr, weight_decay=0.0),
         {"name": "constant", "warmup_ratio": 0.0},
-        reference={"mode": mode, "batch_size": 4},
+        reference=reference,
         **kwargs,
-    )
-    module.configure_reference(
-        load_model=load,
-        weights_fingerprint=checkpoint_fingerprint(ckpt),
-        tokenizer=tokenizer,
-        datamodule=dm,
-        cache_dir=cache_dir,
     )
     return module, load_count

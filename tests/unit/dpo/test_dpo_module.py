@@ -11,7 +11,7 @@ import torch
 from tests.unit.dpo.helpers_dpo import export_tiny, make_datamodule, make_module, pref_rows, write_jsonl
 from zephyr.data.collate import IGNORE_INDEX
 from zephyr.errors import NonFiniteLossError
-from zephyr.modules.reference import pair_logps
+from zephyr.modules.pair_forward import pair_logps
 from zephyr.objectives.logprobs import completion_logps
 
 # pytorch_lightning 2.6 calls a torch pytree API that torch 2.13 deprecates (not ours to fix)
@@ -94,7 +94,7 @@ def test_concatenated_forward_equals_each_sequence_alone(ckpt, tok, tmp_path, la
 
 def test_step0_policy_equals_reference(ckpt, tok, dm):
     module, _ = make_module(ckpt, tok, dm, mode="live")
-    module.prepare_reference()
+    module.prepare_reference(dm)
     loss, m = module.compute(dm.collate(dm.train_items[:4]), "train")
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl"):
@@ -106,14 +106,14 @@ def test_step0_policy_equals_reference(ckpt, tok, dm):
 
 def test_metrics_follow_trl_definitions(ckpt, tok, dm):
     module, _ = make_module(ckpt, tok, dm, mode="live", beta=0.5)
-    module.prepare_reference()
+    module.prepare_reference(dm)
     batch = dm.collate(dm.train_items[:4])
     with torch.no_grad():  # move the policy away from the reference
         module.model.get_output_embeddings().weight.mul_(1.5)
     loss, m = module.compute(batch, "train")
     with torch.no_grad():
         pol = pair_logps(module.model, batch).logps
-        ref = pair_logps(module.reference.model, batch).logps
+        ref = pair_logps(module.reference.model.model, batch).logps
     cr, rr = 0.5 * (pol[:4] - ref[:4]), 0.5 * (pol[4:] - ref[4:])
     assert m["rewards/chosen"].item() == pytest.approx(cr.mean().item(), rel=1e-5)
     assert m["rewards/rejected"].item() == pytest.approx(rr.mean().item(), rel=1e-5)
@@ -127,7 +127,7 @@ def test_metrics_follow_trl_definitions(ckpt, tok, dm):
 
 def test_rpo_adds_alpha_times_length_normalised_chosen_nll(ckpt, tok, dm):
     module, _ = make_module(ckpt, tok, dm, mode="live", rpo_alpha=0.5)
-    module.prepare_reference()
+    module.prepare_reference(dm)
     batch = dm.collate(dm.train_items[:4])
     loss, m = module.compute(batch, "train")
     out = pair_logps(module.model, batch)
@@ -138,7 +138,7 @@ def test_rpo_adds_alpha_times_length_normalised_chosen_nll(ckpt, tok, dm):
 
 def test_ipo_feeds_length_averaged_logps(ckpt, tok, dm):
     module, _ = make_module(ckpt, tok, dm, mode="live", loss_type="ipo", beta=0.1)
-    module.prepare_reference()
+    module.prepare_reference(dm)
     batch = dm.collate(dm.train_items[:4])
     loss, m = module.compute(batch, "train")
     out = pair_logps(module.model, batch)
@@ -150,7 +150,7 @@ def test_reference_stays_bit_identical_and_outside_the_optimizer(ckpt, tok, dm):
     module, loads = make_module(ckpt, tok, dm, mode="live", lr=1e-2)
     before_policy = {k: v.clone() for k, v in module.model.state_dict().items()}
     trainer(3).fit(module, datamodule=dm)
-    ref = module.reference.model
+    ref = module.reference.model.model
     after_ref = ref.state_dict()
     from zephyr.models.mistral import build_model
 
@@ -166,7 +166,7 @@ def test_reference_stays_bit_identical_and_outside_the_optimizer(ckpt, tok, dm):
 
 def test_non_finite_loss_names_the_step(ckpt, tok, dm):
     module, _ = make_module(ckpt, tok, dm, mode="live")
-    module.prepare_reference()
+    module.prepare_reference(dm)
     with torch.no_grad():
         module.model.get_output_embeddings().weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"train/logps is not finite at global step 0"):
@@ -185,5 +185,6 @@ def _bad_mode(ckpt):
 
     from zephyr.models.mistral import build_model
     from zephyr.modules.dpo import DPOModule
+    from zephyr.modules.reference import Reference
 
-    DPOModule(build_model(str(ckpt)), partial(torch.optim.AdamW, lr=1e-3), reference={"mode": "lazy"})
+    DPOModule(build_model(str(ckpt)), partial(torch.optim.AdamW, lr=1e-3), reference=partial(Reference, mode="lazy"))

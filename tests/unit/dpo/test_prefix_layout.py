@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.unit.dpo.helpers_dpo import export_tiny, make_datamodule, make_module, pref_rows, write_jsonl
-from zephyr.modules.reference import pair_logps
+from zephyr.modules.pair_forward import pair_logps
 from zephyr.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.unit
@@ -38,7 +38,7 @@ def _step(ckpt, tok, data, layout, **kwargs):
     """One DPO training step (live reference, policy moved off it): loss, metrics, gradients by name."""
     dm = make_datamodule(tok, data, layout=layout)
     module, _ = make_module(ckpt, tok, dm, mode="live", beta=0.5, **kwargs)
-    module.prepare_reference()
+    module.prepare_reference(dm)
     with torch.no_grad():  # identical perturbation in both layouts, so rewards and margins are not zero
         torch.manual_seed(0)
         for p in module.model.parameters():
@@ -86,14 +86,14 @@ def test_reference_cache_reused_across_layouts(ckpt, tok, data, tmp_path, fill, 
     cache = tmp_path / "ref_cache"
     dm_fill = make_datamodule(tok, data, layout=fill)
     filler, loads = make_module(ckpt, tok, dm_fill, cache_dir=cache)
-    filler.prepare_reference()
+    filler.prepare_reference(dm_fill)
     assert loads[0] == 1 and len(list(cache.glob("ref_logps-*.safetensors"))) == 1
 
     dm_use = make_datamodule(tok, data, layout=use)
     user, loads = make_module(ckpt, tok, dm_use, cache_dir=cache)
-    user.prepare_reference()
-    assert loads[0] == 0 and user.reference is None  # cache hit: no reference model built
-    torch.testing.assert_close(user._ref_tables["train"]["chosen"], filler._ref_tables["train"]["chosen"])
+    user.prepare_reference(dm_use)
+    assert loads[0] == 0 and user.reference.model is None  # cache hit: no reference model built
+    torch.testing.assert_close(user.reference.tables["train"]["chosen"], filler.reference.tables["train"]["chosen"])
 
     # the cached values are what the other layout computes itself (so reusing them is sound)
     model = user.model.eval()
@@ -101,8 +101,8 @@ def test_reference_cache_reused_across_layouts(ckpt, tok, data, tmp_path, fill, 
     with torch.no_grad():
         own = pair_logps(model, batch).logps
     n = len(dm_use.train_items)
-    torch.testing.assert_close(own[:n], filler._ref_tables["train"]["chosen"], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(own[n:], filler._ref_tables["train"]["rejected"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(own[:n], filler.reference.tables["train"]["chosen"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(own[n:], filler.reference.tables["train"]["rejected"], atol=1e-5, rtol=1e-5)
 
 
 def test_flash_attention_falls_back_to_concat(ckpt, tok, data, caplog):
@@ -111,18 +111,17 @@ def test_flash_attention_falls_back_to_concat(ckpt, tok, data, caplog):
 
     from zephyr.models.mistral import build_model
     from zephyr.modules.dpo import DPOModule
+    from zephyr.modules.reference import Reference
 
     model = build_model(str(ckpt))
     model.config._attn_implementation = "flash_attention_2"  # what resolve_attn_implementation gives on a GPU
-    module = DPOModule(model, partial(torch.optim.AdamW, lr=1e-3))
-    with caplog.at_level(logging.WARNING, logger="zephyr.modules.dpo"):
-        module.configure_reference(
-            load_model=lambda: build_model(str(ckpt)),
-            weights_fingerprint="w",
-            tokenizer=tok,
-            datamodule=dm,
-            cache_dir=None,
-        )
+    module = DPOModule(
+        model,
+        partial(torch.optim.AdamW, lr=1e-3),
+        reference=partial(Reference, mode="live", model=lambda: build_model(str(ckpt))),
+    )
+    with caplog.at_level(logging.WARNING, logger="zephyr.modules.pair_forward"):
+        module.prepare_reference(dm)  # the module switches the data's layout before any loader is built
     assert dm.layout == "concat" and "labels" in dm.collate(dm.train_items[:2])
     assert sum("flash_attention_2" in r.getMessage() for r in caplog.records) == 1
 

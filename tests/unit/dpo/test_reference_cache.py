@@ -31,7 +31,7 @@ def data(tmp_path):
 def test_cold_fills_then_warm_skips_the_reference_entirely(ckpt, tok, data, tmp_path):
     dm = make_datamodule(tok, data, eval_size=2)
     cold, cold_loads = make_module(ckpt, tok, dm, cache_dir=tmp_path / "cache")
-    cold.prepare_reference()
+    cold.prepare_reference(dm)
     assert cold_loads[0] == 1 and cold.reference_forwards == 2 + 1  # 6 train pairs / 4 -> 2 batches, 1 eval batch
     assert len(list((tmp_path / "cache").glob("ref_logps-*.safetensors"))) == 2  # train and eval
     batch = dm.collate(dm.train_items[:4])
@@ -40,8 +40,8 @@ def test_cold_fills_then_warm_skips_the_reference_entirely(ckpt, tok, data, tmp_
         cold_loss, cold_m = cold.compute(batch, "train")
 
     warm, warm_loads = make_module(ckpt, tok, dm, cache_dir=tmp_path / "cache")
-    warm.prepare_reference()
-    assert warm_loads[0] == 0 and not warm.reference_loaded and warm.reference is None
+    warm.prepare_reference(dm)
+    assert warm_loads[0] == 0 and not warm.reference.model_loaded and warm.reference.model is None
     with torch.no_grad():
         warm.model.get_output_embeddings().weight.mul_(1.3)
         warm_loss, warm_m = warm.compute(batch, "train")
@@ -51,58 +51,59 @@ def test_cold_fills_then_warm_skips_the_reference_entirely(ckpt, tok, data, tmp_
     assert warm_m["rewards/chosen"].item() == cold_m["rewards/chosen"].item()
 
     live, _ = make_module(ckpt, tok, dm, mode="live")
-    live.prepare_reference()
+    live.prepare_reference(dm)
     with torch.no_grad():
         live.model.get_output_embeddings().weight.mul_(1.3)
         live_loss, _ = live.compute(batch, "train")
     assert live_loss.item() == pytest.approx(cold_loss.item(), abs=1e-6)  # cached = live reference values
 
 
-def key_for(module) -> str:
-    return cache_key(module.reference_key_parts("train"))
+def key_for(ckpt, tok, dm, **kwargs) -> str:
+    """The train-split cache key of a DPOModule built like :func:`make_module` over the pairs ``dm``."""
+    return cache_key(make_module(ckpt, tok, dm, **kwargs)[0].reference.key_parts("train", dm))
 
 
 def test_every_key_part_invalidates(ckpt, tok, data, tmp_path):
     base_dm = make_datamodule(tok, data)
-    base = key_for(make_module(ckpt, tok, base_dm)[0])
-    assert base == key_for(make_module(ckpt, tok, make_datamodule(tok, data))[0])  # deterministic
+    base = key_for(ckpt, tok, base_dm)
+    assert base == key_for(ckpt, tok, make_datamodule(tok, data))  # deterministic
 
     other_ckpt = export_tiny(tmp_path / "other", seed=1)
     changed = {
-        "weights": key_for(make_module(other_ckpt, tok, base_dm)[0]),
+        "weights": key_for(other_ckpt, tok, base_dm),
         "data": key_for(
-            make_module(
-                ckpt,
-                tok,
-                make_datamodule(
-                    tok, write_jsonl(tmp_path / "other.jsonl", pref_rows(7) + [pref_row("Add 1 and 1.", "2.", "3.")])
-                ),
-            )[0]
+            ckpt,
+            tok,
+            make_datamodule(
+                tok, write_jsonl(tmp_path / "other.jsonl", pref_rows(7) + [pref_row("Add 1 and 1.", "2.", "3.")])
+            ),
         ),
-        "max_length": key_for(make_module(ckpt, tok, make_datamodule(tok, data, max_length=96))[0]),
-        "max_prompt_length": key_for(make_module(ckpt, tok, make_datamodule(tok, data, max_prompt_length=48))[0]),
-        "averaging (ipo)": key_for(make_module(ckpt, tok, base_dm, loss_type="ipo")[0]),
+        "max_length": key_for(ckpt, tok, make_datamodule(tok, data, max_length=96)),
+        "max_prompt_length": key_for(ckpt, tok, make_datamodule(tok, data, max_prompt_length=48)),
+        "averaging (ipo)": key_for(ckpt, tok, base_dm, loss_type="ipo"),
     }
     from zephyr.tokenizer import load_tokenizer
 
     tok2 = load_tokenizer()
     tok2.chat_template = tok2.chat_template.replace("<|assistant|>", "<|bot|>")
-    changed["tokenizer"] = key_for(make_module(ckpt, tok2, base_dm)[0])
+    same_pairs = make_datamodule(tok, data)
+    same_pairs.tokenizer = tok2  # the tokenizer alone changes (the tokenised pairs stay the same)
+    changed["tokenizer"] = key_for(ckpt, tok2, same_pairs)
     for part, key in changed.items():
         assert key != base, f"changing {part} kept the cache key"
     assert len(set(changed.values())) == len(changed)
     # same-shape beta/lr changes (a sweep) share the cache
-    assert key_for(make_module(ckpt, tok, base_dm, beta=0.5)[0]) == base
+    assert key_for(ckpt, tok, base_dm, beta=0.5) == base
 
 
 def test_weight_change_means_recompute(ckpt, tok, data, tmp_path):
     dm = make_datamodule(tok, data)
     first, _ = make_module(ckpt, tok, dm, cache_dir=tmp_path / "c")
-    first.prepare_reference()
+    first.prepare_reference(dm)
     other, loads = make_module(export_tiny(tmp_path / "other", seed=2), tok, dm, cache_dir=tmp_path / "c")
-    other.prepare_reference()
+    other.prepare_reference(dm)
     assert loads[0] == 1 and other.reference_forwards > 0
-    assert not torch.equal(first._ref_tables["train"]["chosen"], other._ref_tables["train"]["chosen"])
+    assert not torch.equal(first.reference.tables["train"]["chosen"], other.reference.tables["train"]["chosen"])
 
 
 def test_cache_file_with_wrong_key_or_garbage_is_a_miss(tmp_path):

@@ -14,7 +14,7 @@ from transformers import MistralConfig, MistralForCausalLM
 from tests.conftest import TINY_CONFIG
 from zephyr.data.preference_module import collate_pairs
 from zephyr.data.prefix_share import collate_pairs_prefix_shared, segment_mask
-from zephyr.modules.reference import pair_logps
+from zephyr.modules.pair_forward import pair_logps
 from zephyr.objectives.prefix_share import prefix_shared_logps
 
 pytestmark = pytest.mark.unit
