@@ -81,7 +81,9 @@ def test_bco_pair_hand_worked_delta_and_gradient(logps):
 
 
 def test_sppo_hard_hand_worked_and_gradient(logps):
-    """SPPO hard: (ρ_w − 5)² + (ρ_l + 5)² = [25+25, 0+0, 25+25]; ∂/∂pc = 2(ρ_w − 5) = [−10, 0, 10], ∂/∂pr = [10, 0, −10]."""
+    """SPPO hard: (ρ_w − 5)² + (ρ_l + 5)² = [25+25, 0+0, 25+25].
+
+    ∂/∂pc = 2(ρ_w − 5) = [−10, 0, 10], ∂/∂pr = 2(ρ_l + 5) = [10, 0, −10]."""
     out, gc, gr = _grads(logps, loss_type="sppo_hard")
     assert_close(out.losses, t([50.0, 0.0, 50.0]))
     assert_close(gc, t([-10.0, 0.0, 10.0]))
