@@ -38,9 +38,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zephyr.chat import ChatResponse
-from zephyr.data.chat_template import prompt_ids
-
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -112,129 +109,8 @@ def model_config(settings: DictConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Generation with the training-time prompt rendering
+# Timing the pool and the judge
 # --------------------------------------------------------------------------------------------------
-@torch.inference_mode()
-def generate(
-    model,
-    tokenizer,
-    conversations: Sequence[Sequence[dict[str, str]]],
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    insert_empty_system: bool = True,
-) -> list[tuple[str, int, int]]:
-    """Answer conversations in left-padded batches (prompts sorted by length, so little padding).
-
-    Args:
-        model: a causal LM in eval mode.
-        tokenizer: its tokenizer (``eos_token_id`` stops a row, ``pad_token_id`` pads).
-        conversations: chat messages, each ending with a user turn.
-        max_new_tokens: longest answer in tokens.
-        batch_size: prompts per ``generate`` call.
-        temperature: 0 = greedy decoding.
-        top_p: nucleus mass when sampling.
-        seed: seeds torch for this call when sampling (global RNG state restored afterwards).
-        insert_empty_system: the prompt format the model was trained with (its export's ``prompt_format``).
-
-    Returns:
-        ``(text, prompt_tokens, completion_tokens)`` per conversation, in input order.
-    """
-    ids = [prompt_ids(tokenizer, c, insert_empty_system=insert_empty_system) for c in conversations]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    out: list[tuple[str, int, int] | None] = [None] * len(ids)
-    sampling = bool(temperature and temperature > 0)
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(int(seed))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            width = max(len(ids[i]) for i in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # (B, T)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)  # (B, T), 1 = real token
-            for row, i in enumerate(chunk):
-                input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
-                mask[row, width - len(ids[i]) :] = 1
-            kwargs: dict[str, Any] = {"do_sample": sampling}
-            if sampling:
-                kwargs.update(temperature=float(temperature), top_p=float(top_p))
-            seqs = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=int(max_new_tokens),
-                eos_token_id=eos,
-                pad_token_id=pad,
-                **kwargs,
-            )  # (B, T + new)
-            for row, i in enumerate(chunk):
-                new = seqs[row, width:].tolist()
-                if eos in new:
-                    new = new[: new.index(eos)]
-                out[i] = (tokenizer.decode(new, skip_special_tokens=True).strip(), len(ids[i]), len(new))
-    return out  # type: ignore[return-value]
-
-
-class PolicyBackend:
-    """A trained checkpoint as a pool member (``ChatBackend`` with batched ``chat_batch``).
-
-    Prompts are rendered as the checkpoint's training rendered them (its export's ``prompt_format``), by the
-    same function as every other generation path (:func:`zephyr.data.chat_template.prompt_ids`).
-
-    Args:
-        path: exported checkpoint folder (``config.json``, weights, tokenizer).
-        name: pool member name recorded in the feedback rows.
-        batch_size: prompts per ``generate`` call.
-    """
-
-    def __init__(self, path: str | os.PathLike, name: str, batch_size: int = 64):
-        from transformers import AutoModelForCausalLM
-
-        from zephyr.models.export import load_prompt_format
-        from zephyr.tokenizer import load_tokenizer
-
-        self.name = name
-        self.batch_size = int(batch_size)
-        self.insert_empty_system = load_prompt_format(path)["insert_empty_system"]
-        self.tokenizer = load_tokenizer(str(path))
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-
-    def chat(self, messages, *, temperature=0.7, top_p=1.0, max_tokens=256, n=1, seed=None, stop=None) -> ChatResponse:
-        return self.chat_batch(
-            [messages], temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, seed=seed, stop=stop
-        )[0]
-
-    def chat_batch(
-        self, batch, *, temperature=0.7, top_p=1.0, max_tokens=256, n=1, seed=None, stop=None
-    ) -> list[ChatResponse]:
-        """One response per conversation with ``n`` sampled texts each (``stop`` strings cut a text)."""
-        runs = [
-            generate(
-                self.model, self.tokenizer, batch, max_new_tokens=max_tokens, batch_size=self.batch_size,
-                temperature=temperature, top_p=top_p, seed=None if seed is None else int(seed) + j,
-                insert_empty_system=self.insert_empty_system,
-            )
-            for j in range(int(n))
-        ]  # fmt: skip
-        out = []
-        for i in range(len(batch)):
-            texts, reasons, used = [], [], 0
-            for run in runs:
-                text, _, k = run[i]
-                reason = "length" if k >= max_tokens else "stop"
-                for s in stop or []:
-                    if s and s in text:
-                        text, reason = text[: text.index(s)], "stop"
-                texts.append(text)
-                reasons.append(reason)
-                used += k
-            out.append(ChatResponse(texts, runs[0][i][1], used, self.name, reasons))
-        return out
-
-
 class TimedBackend:
     """Wraps a backend and adds the wall time of its calls to ``clock[key]`` (exact when calls are sequential)."""
 
@@ -303,16 +179,23 @@ def heldout_tasks(settings: DictConfig):
     )
 
 
-def evaluate(model, tokenizer, tasks, settings: DictConfig) -> dict[str, Any]:
-    """Greedy answers to ``tasks`` graded by the verifier: overall and per-family accuracy, sample answers."""
+def evaluate(model, tokenizer, tasks, settings: DictConfig, *, insert_empty_system: bool = True) -> dict[str, Any]:
+    """Greedy answers to ``tasks`` graded by the verifier: overall and per-family accuracy, sample answers.
+
+    Answers come from the generation engine (:class:`zephyr.generation.Generator`), rendered as the model's
+    training rendered prompts (``insert_empty_system``: its export's ``prompt_format``; the base model gets the
+    training default).
+    """
+    from zephyr.generation import Generator
     from zephyr.toy.tasks import is_correct
 
     model.eval()
-    answers = generate(
-        model, tokenizer, [[{"role": "user", "content": t.question}] for t in tasks],
-        max_new_tokens=int(settings.eval.max_new_tokens), batch_size=int(settings.eval.batch_size),
+    done = Generator(model, tokenizer, insert_empty_system=insert_empty_system).generate_batch(
+        [[{"role": "user", "content": t.question}] for t in tasks],
+        max_tokens=int(settings.eval.max_new_tokens), batch_size=int(settings.eval.batch_size),
     )  # fmt: skip
-    right = [is_correct(t, a[0]) for t, a in zip(tasks, answers)]
+    answers = [c.text.strip() for c in done]
+    right = [is_correct(t, a) for t, a in zip(tasks, answers)]
     fams: dict[str, list[bool]] = {}
     for t, r in zip(tasks, right):
         fams.setdefault(t.family, []).append(r)
@@ -320,7 +203,7 @@ def evaluate(model, tokenizer, tasks, settings: DictConfig) -> dict[str, Any]:
         "accuracy": sum(right) / len(right),
         "by_family": {f: sum(v) / len(v) for f, v in sorted(fams.items())},
         "examples": [
-            {"question": t.question, "answer": a[0], "correct": r} for t, a, r in list(zip(tasks, answers, right))[:8]
+            {"question": t.question, "answer": a, "correct": r} for t, a, r in list(zip(tasks, answers, right))[:8]
         ],
     }
 
@@ -371,6 +254,7 @@ def _train(overrides: list[str]) -> dict[str, float]:
 def _feedback(settings: DictConfig, out: Path, seed: int, dsft_model: Path, clock: dict[str, float], console) -> None:
     """Completions from the pool (rule students + the dSFT model) and verifier judging -> ``ultrafeedback.jsonl``."""
     from zephyr.feedback.complete import FeedbackConfig, collect_feedback, load_prompts
+    from zephyr.generation import LocalCheckpointBackend
     from zephyr.toy import VerifierJudge, default_pool
 
     names = list(settings.feedback.pool)
@@ -380,7 +264,9 @@ def _feedback(settings: DictConfig, out: Path, seed: int, dsft_model: Path, cloc
         raise ValueError(f"demo feedback.pool: unknown members {unknown}; known {sorted(rule)} and 'dsft'")
     pool = [
         TimedBackend(
-            PolicyBackend(dsft_model, "dsft", int(settings.feedback.batch_size)) if x == "dsft" else rule[x],
+            LocalCheckpointBackend(dsft_model, "dsft", batch_size=int(settings.feedback.batch_size))
+            if x == "dsft"
+            else rule[x],
             clock, "sampling",
         )
         for x in names
@@ -416,6 +302,7 @@ def run_one(settings: DictConfig, out: Path, seed: int, console=None) -> dict[st
 
     from zephyr.feedback.binarize import binarize
     from zephyr.feedback.store import read_jsonl, write_jsonl
+    from zephyr.models.export import load_prompt_format
     from zephyr.models.mistral import build_model
     from zephyr.tokenizer import load_tokenizer
     from zephyr.toy import sft_dialogues
@@ -494,10 +381,11 @@ def run_one(settings: DictConfig, out: Path, seed: int, console=None) -> dict[st
         tokenizer = load_tokenizer()
         for name in MODELS:
             if name == "base":
-                model = build_model(config=model_config(settings), init_seed=seed)
+                model, fmt = build_model(config=model_config(settings), init_seed=seed), True
             else:
                 model = build_model(path=str(out / name / "model"))
-            results[name] = evaluate(model, tokenizer, tasks, settings)
+                fmt = load_prompt_format(out / name / "model")["insert_empty_system"]
+            results[name] = evaluate(model, tokenizer, tasks, settings, insert_empty_system=fmt)
             console.print(f"{name:>22}: {results[name]['accuracy']:.3f}")
             del model
 

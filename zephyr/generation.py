@@ -1,18 +1,23 @@
-"""Text generation from an exported checkpoint: one streamed completion, batched jsonl generation, a ChatBackend.
+"""The generation engine: a loaded checkpoint answering chat messages, streamed, batched, or as a ``ChatBackend``.
 
-Two code paths share one model and one tokenizer:
+Every generation path of the project runs here: ``zephyr serve``, ``zephyr generate``, MT-Bench answers, the
+feedback pipeline's local-checkpoint pool members and judges, and the demo's pool member and evaluation.
 
-* ``Generator.stream`` is our own incremental decode loop (KV cache, greedy or temperature/top-p sampling
-  from a seeded ``torch.Generator``). The server uses it for both streaming and non-streaming requests, so
-  a streamed answer is by construction the same text as the non-streamed one. Stop strings are found on the
-  decoded text: text that could still be the start of a stop string is held back until it cannot be.
-* ``Generator.generate_batch`` runs ``model.generate`` over a left-padded batch (padding on the left so every
-  row's last prompt token sits at the same position, where generation continues). ``zephyr generate`` uses it.
-
-Prompts are rendered by :func:`zephyr.data.chat_template.prompt_ids` (the checkpoint's own chat template with the
-generation prompt), in the format the checkpoint was trained on: ``from_dir`` reads it from the export record
-(``prompt_format``: whether training inserted an empty system turn), so serving, ``zephyr generate``, MT-Bench
-answers and the feedback pipeline query a model exactly as its dSFT/dDPO run rendered prompts.
+* Prompts are rendered by :func:`zephyr.data.chat_template.prompt_ids` in the format the checkpoint was trained
+  on: ``from_dir`` reads it from the export record (``prompt_format``: whether training inserted an empty system
+  turn), so every path queries a model exactly as its dSFT/dDPO run rendered prompts.
+* ``Generator.stream`` is our own incremental decode loop (KV cache, greedy or temperature/top-p sampling from a
+  seeded ``torch.Generator``). The server uses it for streaming and non-streaming requests, so a streamed answer
+  is by construction the same text as the non-streamed one. Stop strings are found on the decoded text: text
+  that could still be the start of a stop string is held back until it cannot be.
+* ``Generator.generate_batch`` is the one batched path: prompts sorted by length (little padding), cut into
+  chunks of ``batch_size``, each left-padded (every row's last prompt token at the same position, where
+  generation continues) through ``model.generate``; answers come back in input order.
+* :func:`choice_seeds` is the one n-choices rule: choice ``i`` of a seeded request uses ``seed + i``
+  (``Generator.complete`` and ``GeneratorBackend.chat_batch`` both loop over it).
+* ``GeneratorBackend`` is the one ``ChatBackend`` over a checkpoint (``chat`` is ``chat_batch`` of one
+  conversation); ``LocalCheckpointBackend`` builds one from an export folder (Hydra ``_target_`` of a local pool
+  member).
 """
 
 from __future__ import annotations
@@ -222,18 +227,18 @@ class Generator:
         seed: int | None = None,
         stop: Sequence[str] | None = None,
     ) -> list[Completion]:
-        """Return ``n`` completions of ``messages``; choice ``i`` uses seed ``seed + i`` (when a seed is given)."""
+        """Return ``n`` streamed completions of ``messages``; choice ``i`` uses :func:`choice_seeds`' seed."""
         ids = self.prompt_ids(messages)
         results = []
         with self.lock:
-            for i in range(n):
+            for choice_seed in choice_seeds(n, seed):
                 st = StreamState()
                 for _ in self.stream(
                     ids,
                     temperature=temperature,
                     top_p=top_p,
                     max_tokens=max_tokens,
-                    seed=None if seed is None else seed + i,
+                    seed=choice_seed,
                     stop=stop,
                     state=st,
                 ):
@@ -251,60 +256,85 @@ class Generator:
         max_tokens: int = 256,
         seed: int | None = None,
         stop: Sequence[str] | None = None,
+        batch_size: int | None = None,
     ) -> list[Completion]:
-        """Generate one completion per conversation with ``model.generate`` on a left-padded batch.
+        """Generate one completion per conversation with ``model.generate``, in length-sorted left-padded chunks.
 
         Args:
             conversations: B conversations, each ending with a user turn.
-            temperature: 0 for greedy decoding.
-            top_p: nucleus mass for sampling.
+            temperature: 0 (below 1e-4) for greedy decoding.
+            top_p: nucleus mass for sampling (no top-k cut, as in ``stream``).
             max_tokens: at most this many new tokens per row.
-            seed: seeds torch's generator for this call (the global RNG state is restored afterwards).
+            seed: seeds torch's generator once for this call, before the first chunk (the global RNG state is
+                restored afterwards).
             stop: strings that end a completion (cut after generation).
+            batch_size: conversations per ``model.generate`` call (``None``: all at once).
 
         Returns:
-            B completions, cut at EOS and at the first stop string.
+            B completions in input order, cut at EOS and at the first stop string.
         """
         prompts = [self.prompt_ids(c) for c in conversations]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)  # (B, T)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, T)
-        for i, p in enumerate(prompts):
-            input_ids[i, width - len(p) :] = torch.tensor(p)
-            attention[i, width - len(p) :] = 1
-        kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": self.pad_id}
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a chunk
+        size = max(1, int(batch_size or len(prompts) or 1))
+        kwargs: dict[str, Any] = {"max_new_tokens": int(max_tokens), "pad_token_id": self.pad_id}
         if temperature >= GREEDY_BELOW:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+            kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        results: list[Completion | None] = [None] * len(prompts)
         with self.lock, torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(int(seed))
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
-            )
-        results = []
-        for i, p in enumerate(prompts):
-            new = out[i, width:].tolist()  # (T_new,)
-            finish, n_tokens = "length", len(new)
-            for j, t in enumerate(new):
-                if t in self.eos_ids:
-                    new, finish, n_tokens = new[:j], "stop", j + 1
-                    break
-            text = self._decode(new)
-            cut = [q for q in (text.find(s) for s in (stop or []) if s) if q >= 0]
-            if cut:
-                text, finish = text[: min(cut)], "stop"
-            results.append(Completion(text, n_tokens, finish, len(p)))
-        return results
+            for start in range(0, len(order), size):
+                chunk = order[start : start + size]
+                width = max(len(prompts[i]) for i in chunk)
+                input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)  # (B, T)
+                attention = torch.zeros((len(chunk), width), dtype=torch.long)  # (B, T), 1 = real token
+                for row, i in enumerate(chunk):
+                    input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                    attention[row, width - len(prompts[i]) :] = 1
+                out = self.model.generate(
+                    input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
+                )  # (B, T + new)
+                for row, i in enumerate(chunk):
+                    results[i] = self._finish(out[row, width:].tolist(), len(prompts[i]), stop)
+        return results  # type: ignore[return-value]
+
+    def _finish(self, new: list[int], prompt_tokens: int, stop: Sequence[str] | None) -> Completion:
+        """One batched row's completion: cut at the first EOS (counted, as OpenAI does) and the first stop string."""
+        finish, n_tokens = "length", len(new)
+        for j, t in enumerate(new):
+            if t in self.eos_ids:
+                new, finish, n_tokens = new[:j], "stop", j + 1
+                break
+        text = self._decode(new)
+        cut = [q for q in (text.find(s) for s in (stop or []) if s) if q >= 0]
+        if cut:
+            text, finish = text[: min(cut)], "stop"
+        return Completion(text, n_tokens, finish, prompt_tokens)
+
+
+def choice_seeds(n: int, seed: int | None) -> list[int | None]:
+    """The seed of each of ``n`` choices: ``seed + i`` for choice ``i`` (all ``None`` when unseeded)."""
+    return [None if seed is None else int(seed) + i for i in range(int(n))]
 
 
 class GeneratorBackend:
-    """``ChatBackend`` over a local ``Generator`` (used to answer MT-Bench questions with a checkpoint)."""
+    """The ``ChatBackend`` over a loaded ``Generator``, with a batched ``chat_batch`` for throughput.
 
-    def __init__(self, generator: Generator, name: str | None = None):
+    ``chat`` is ``chat_batch`` of one conversation, so both give the same text for the same seed; texts are
+    stripped of surrounding whitespace.
+
+    Args:
+        generator: the loaded checkpoint.
+        name: the name recorded in answers and datasets (default: the generator's ``model_id``).
+        batch_size: conversations per ``model.generate`` call in ``chat_batch``.
+    """
+
+    def __init__(self, generator: Generator, name: str | None = None, batch_size: int = 16):
         self.generator = generator
         self.name = name or generator.model_id
+        self.batch_size = int(batch_size)
 
     def chat(
         self,
@@ -317,16 +347,83 @@ class GeneratorBackend:
         seed: int | None = None,
         stop: list[str] | None = None,
     ) -> ChatResponse:
-        done = self.generator.complete(
-            messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, seed=seed, stop=stop
-        )
-        return ChatResponse(
-            texts=[c.text for c in done],
-            prompt_tokens=done[0].prompt_tokens if done else 0,
-            completion_tokens=sum(c.completion_tokens for c in done),
-            model=self.name,
-            finish_reasons=[c.finish_reason for c in done],
-        )
+        """``n`` completions of ``messages`` (see ``chat_batch``)."""
+        return self.chat_batch(
+            [messages], temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, seed=seed, stop=stop
+        )[0]
+
+    def chat_batch(
+        self,
+        batch: Sequence[Sequence[dict[str, str]]],
+        *,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        n: int = 1,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> list[ChatResponse]:
+        """One response per conversation, each with ``n`` texts: one ``generate_batch`` pass per choice.
+
+        Args:
+            batch: conversations, each ``[{"role", "content"}, ...]``.
+            temperature: 0 (below 1e-4) means greedy decoding.
+            top_p: nucleus sampling mass.
+            max_tokens: new tokens per completion; generation also stops at EOS.
+            n: completions per conversation; choice ``i`` is generated with seed ``seed + i``.
+            seed: ``None`` draws fresh randomness.
+            stop: strings that cut a completion (finish reason ``stop``).
+
+        Returns:
+            One ``ChatResponse`` per conversation, in order.
+        """
+        passes = [
+            self.generator.generate_batch(
+                batch, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=s, stop=stop,
+                batch_size=self.batch_size,
+            )
+            for s in choice_seeds(n, seed)
+        ]  # fmt: skip
+        return [
+            ChatResponse(
+                texts=[p[i].text.strip() for p in passes],
+                prompt_tokens=passes[0][i].prompt_tokens if passes else 0,
+                completion_tokens=sum(p[i].completion_tokens for p in passes),
+                model=self.name,
+                finish_reasons=[p[i].finish_reason for p in passes],
+            )
+            for i in range(len(batch))
+        ]
+
+
+class LocalCheckpointBackend(GeneratorBackend):
+    """``GeneratorBackend`` of an exported checkpoint folder (a local pool member, judge or MT-Bench answerer).
+
+    Args:
+        path: folder with ``config.json``, weights and a tokenizer (the Zephyr template when it has none); its
+            export record says how prompts are rendered.
+        name: name recorded in datasets (default: the folder name).
+        device: torch device string.
+        dtype: ``float32`` | ``bfloat16`` | ``float16``.
+        batch_size: conversations per ``generate`` call in ``chat_batch``.
+
+    Raises:
+        FileNotFoundError: when ``path`` is not a folder with ``config.json``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        name: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 16,
+    ):
+        super().__init__(Generator.from_dir(path, device=device, dtype=dtype), name, batch_size)
+        self.path = str(path)
+
+    def __repr__(self) -> str:
+        return f"LocalCheckpointBackend(path={self.path!r})"
 
 
 def input_conversation(row: dict[str, Any], where: str) -> list[dict[str, str]]:

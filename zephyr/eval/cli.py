@@ -26,9 +26,9 @@ def _judge(args: argparse.Namespace):
             model=args.judge_model, base_url=args.judge_endpoint, api_key_env=args.judge_api_key_env or None
         )
     if args.judge_local:
-        from zephyr.eval.generate import Generator, GeneratorBackend
+        from zephyr.generation import LocalCheckpointBackend
 
-        return GeneratorBackend(Generator.from_dir(args.judge_local))
+        return LocalCheckpointBackend(args.judge_local)
     from zephyr.toy.mt_bench_judge import MTBenchVerifierJudge
 
     return MTBenchVerifierJudge()
@@ -41,9 +41,9 @@ def _model_backend(model: str | None, endpoint: str | None, endpoint_model: str 
         from zephyr.feedback.backends import OpenAIBackend
 
         return OpenAIBackend(model=endpoint_model, base_url=endpoint, api_key_env=key_env or None)
-    from zephyr.eval.generate import Generator, GeneratorBackend
+    from zephyr.generation import LocalCheckpointBackend
 
-    return GeneratorBackend(Generator.from_dir(model))
+    return LocalCheckpointBackend(model)
 
 
 def _safe(name: str) -> str:
@@ -51,7 +51,7 @@ def _safe(name: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from zephyr.eval.generate import Generator, generate_file
+    from zephyr.generation import Generator, generate_file
 
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"{args.input}: input file not found")
@@ -200,7 +200,7 @@ def register(subparsers) -> None:
     m.add_argument(
         "--backend",
         default=None,
-        help='or: a backend spec as JSON, e.g. \'{"type": "toy_teacher"}\' (see zephyr.feedback)',
+        help='or: a backend spec as JSON, e.g. \'{"_target_": "zephyr.toy.teacher.ToyTeacher"}\'',
     )
     m.add_argument("--answers", default=None, help="or: an existing FastChat answer file (skips generation)")
     m.add_argument("--model-id", default=None, help="model_id written in answer rows")

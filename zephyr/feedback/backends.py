@@ -1,4 +1,4 @@
-"""Chat backends for the data pipeline: OpenAI-compatible endpoints, local checkpoints, and a config factory.
+"""Chat backends for the data pipeline: OpenAI-compatible endpoints, local checkpoints, and the config factory.
 
 ``OpenAIBackend`` talks to any OpenAI-compatible server (OpenAI, vLLM, TGI, ``zephyr serve``) through the official
 ``openai`` SDK. The API key is read from the environment variable named in the config (``api_key_env``) and
@@ -7,12 +7,13 @@ The SDK's own retries are switched off (``max_retries=0``) so that ours, exponen
 on 429 / 5xx / timeouts / connection errors / 200 responses whose body is not valid JSON (a reply cut mid-body),
 are the only ones and are counted (``stats``; ``bad_bodies`` counts the unparseable bodies).
 
-``LocalCheckpointBackend`` loads an exported Hugging Face checkpoint folder and generates with its chat template
-(``add_generation_prompt=True``), left-padded batches through ``chat_batch`` for throughput; the generation itself
-is ``zephyr.eval.generate.Generator``, the same code ``zephyr serve`` and ``zephyr generate`` run.
+``LocalCheckpointBackend`` (an exported checkpoint folder as a pool member or judge) is the generation engine's
+``ChatBackend``, :class:`zephyr.generation.LocalCheckpointBackend`, re-exported here.
 
-``build_backend(spec)`` turns a config dict ``{type: openai|local|toy_teacher|toy_student|toy_judge|toy_user, ...}``
-(or a Hydra ``_target_`` dict) into a backend; ``build_pool(spec)`` does the same for a completion pool.
+``build_backend(spec)`` builds a backend with Hydra's ``instantiate`` from ``{_target_: <class>, ...}`` (as
+``conf/feedback/*.yaml`` write them); a spec in the older ``{type: openai|local|toy_teacher|..., ...}`` form is
+rewritten to its ``_target_`` first (``LEGACY_TYPES``), so configs written before ``_target_`` keep working.
+``build_pool(spec)`` does the same for a completion pool (a list of specs, or one spec that builds a list).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from zephyr.chat import ChatBackend, ChatResponse
-from zephyr.eval.generate import GeneratorBackend
+from zephyr.generation import LocalCheckpointBackend
 
 log = logging.getLogger(__name__)
 
@@ -198,107 +199,18 @@ class OpenAIBackend:
         raise AssertionError("unreachable")
 
 
-class LocalCheckpointBackend(GeneratorBackend):
-    """A local Hugging Face checkpoint folder answering through its chat template.
+__all__ = ["LocalCheckpointBackend", "OpenAIBackend", "build_backend", "build_pool", "redact", "register_secret"]
 
-    A thin ``ChatBackend`` over ``zephyr.eval.generate.Generator`` (the one implementation of local generation,
-    shared with ``zephyr serve`` and ``zephyr generate``): prompts are the checkpoint's chat template with the
-    generation prompt and BOS, batches are left-padded, and ``chat`` is ``chat_batch`` of one conversation so
-    both give the same text for the same seed.
-
-    Args:
-        path: folder with ``config.json``, weights and a tokenizer (the Zephyr template when it has none).
-        name: name recorded in datasets (default: the folder name).
-        device: torch device string.
-        dtype: ``float32`` | ``bfloat16`` | ``float16``.
-        batch_size: conversations per ``generate`` call in ``chat_batch``.
-
-    Raises:
-        FileNotFoundError: when ``path`` is not a folder with ``config.json``.
-    """
-
-    def __init__(
-        self,
-        path: str,
-        name: str | None = None,
-        device: str = "cpu",
-        dtype: str = "float32",
-        batch_size: int = 16,
-    ):
-        from pathlib import Path
-
-        from zephyr.eval.generate import Generator
-
-        super().__init__(Generator.from_dir(path, device=device, dtype=dtype), name=name or Path(path).name)
-        self.path = str(path)
-        self.batch_size = int(batch_size)
-
-    def __repr__(self) -> str:
-        return f"LocalCheckpointBackend(path={self.path!r})"
-
-    def chat(self, messages, *, temperature=0.7, top_p=1.0, max_tokens=256, n=1, seed=None, stop=None) -> ChatResponse:
-        return self.chat_batch(
-            [messages], temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, seed=seed, stop=stop
-        )[0]
-
-    def chat_batch(
-        self,
-        batch: list[list[dict[str, str]]],
-        *,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        max_tokens: int = 256,
-        n: int = 1,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-    ) -> list[ChatResponse]:
-        """Answer several conversations, ``batch_size`` conversations (times ``n`` rows) per ``generate`` call.
-
-        Args:
-            batch: conversations, each ``[{"role", "content"}, ...]``.
-            temperature: 0 (below 1e-4) means greedy decoding.
-            top_p: nucleus sampling mass.
-            max_tokens: new tokens per completion; generation also stops at eos.
-            n: completions per conversation.
-            seed: chunk ``k`` (starting at conversation ``k``) is generated with seed ``seed + k``; the global
-                RNG state is restored afterwards.
-            stop: strings that cut a completion (finish reason ``stop``).
-
-        Returns:
-            One ``ChatResponse`` per conversation, in order; texts are stripped of surrounding whitespace.
-        """
-        n = int(n)
-        out: list[ChatResponse] = []
-        for start in range(0, len(batch), self.batch_size):
-            chunk = batch[start : start + self.batch_size]
-            done = self.generator.generate_batch(
-                [m for m in chunk for _ in range(n)],  # n rows per conversation, as num_return_sequences lays out
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=int(max_tokens),
-                seed=None if seed is None else int(seed) + start,
-                stop=stop,
-            )
-            for i in range(len(chunk)):
-                mine = done[i * n : (i + 1) * n]
-                out.append(
-                    ChatResponse(
-                        texts=[c.text.strip() for c in mine],
-                        prompt_tokens=mine[0].prompt_tokens,
-                        completion_tokens=sum(c.completion_tokens for c in mine),
-                        model=self.name,
-                        finish_reasons=[c.finish_reason for c in mine],
-                    )
-                )
-        return out
-
-
-_TOY = {
-    "toy_teacher": ("zephyr.toy.teacher", "ToyTeacher"),
-    "toy_student": ("zephyr.toy.students", "RuleStudent"),
-    "toy_judge": ("zephyr.toy.judge", "VerifierJudge"),
-    "toy_user": ("zephyr.toy.user", "ToyUserSimulator"),
+LEGACY_TYPES = {
+    "openai": "zephyr.feedback.backends.OpenAIBackend",
+    "local": "zephyr.generation.LocalCheckpointBackend",
+    "toy_teacher": "zephyr.toy.teacher.ToyTeacher",
+    "toy_student": "zephyr.toy.students.RuleStudent",
+    "toy_judge": "zephyr.toy.judge.VerifierJudge",
+    "toy_user": "zephyr.toy.user.ToyUserSimulator",
+    "toy_pool": "zephyr.toy.students.default_pool",
 }
+"""The ``_target_`` each pre-``_target_`` ``type`` name stands for (``toy_pool`` builds a list: pools only)."""
 
 
 def _plain(spec: Any) -> dict:
@@ -339,14 +251,47 @@ def find_secret_key(node: Any, where: str = "") -> str | None:
     return None
 
 
-def build_backend(spec: Mapping[str, Any]) -> ChatBackend:
-    """Make a backend from ``{type: openai|local|toy_teacher|toy_student|toy_judge, ...}`` or ``{_target_: ...}``.
-
-    The remaining keys are the constructor's keyword arguments (``local`` takes ``path``). Secrets are not
-    accepted here: ``openai`` reads its key from the variable named by ``api_key_env``.
+def _with_target(spec: dict, where: str) -> dict:
+    """``spec`` with its ``_target_``: a legacy ``type`` key is replaced by the target it names.
 
     Raises:
-        ValueError: for an unknown ``type``, a missing ``type``/``_target_``, or an ``api_key`` key in the spec.
+        ValueError: for an unknown ``type``, both ``type`` and ``_target_``, or neither.
+    """
+    if "type" not in spec:
+        if "_target_" not in spec:
+            raise ValueError(f"{where}: needs a _target_ (a backend class), e.g. _target_: {LEGACY_TYPES['openai']}")
+        return spec
+    if "_target_" in spec:
+        raise ValueError(f"{where}: give _target_ or the older type key, not both")
+    kind = spec.pop("type")
+    if kind not in LEGACY_TYPES:
+        raise ValueError(f"{where}: unknown type {kind!r} ({' | '.join(LEGACY_TYPES)}), or give a _target_")
+    return {"_target_": LEGACY_TYPES[kind], **spec}
+
+
+def _instantiate(spec: dict, where: str) -> Any:
+    """Hydra ``instantiate`` of a backend spec; a constructor that refuses it becomes one line naming ``where``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(spec, _convert_="all")
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, (RuntimeError, FileNotFoundError)):
+            raise cause from None  # the backend's own one-line error (a missing key variable, no checkpoint)
+        raise ValueError(f"{where}: cannot build {spec['_target_']}: {str(cause).splitlines()[-1]}") from None
+
+
+def build_backend(spec: Mapping[str, Any]) -> ChatBackend:
+    """Make a backend from ``{_target_: <class>, ...}`` (or the older ``{type: openai|local|toy_*, ...}``).
+
+    The remaining keys are the constructor's keyword arguments (``LocalCheckpointBackend`` takes ``path``).
+    Secrets are not accepted here: ``OpenAIBackend`` reads its key from the variable named by ``api_key_env``.
+
+    Raises:
+        ValueError: for an unknown ``type``, a missing ``type``/``_target_``, a spec the constructor refuses, an
+            ``api_key`` key in the spec, or a spec that builds a pool (``toy_pool``: use ``build_pool``).
     """
     spec = _plain(spec)
     if find_secret_key(spec):
@@ -354,30 +299,20 @@ def build_backend(spec: Mapping[str, Any]) -> ChatBackend:
             f"backend spec: {find_secret_key(spec)} holds a secret; put the key in an environment variable and "
             "name it with api_key_env"
         )
-    if "_target_" in spec:
-        from hydra.utils import instantiate
-
-        return instantiate(spec)
-    kind = spec.pop("type", None)
-    if kind == "openai":
-        return OpenAIBackend(**spec)
-    if kind == "local":
-        return LocalCheckpointBackend(**spec)
-    if kind in _TOY:
-        import importlib
-
-        module, cls = _TOY[kind]
-        return getattr(importlib.import_module(module), cls)(**spec)
-    raise ValueError(
-        f"backend spec: unknown type {kind!r} (openai | local | toy_teacher | toy_student | toy_judge | toy_user)"
-    )
+    backend = _instantiate(_with_target(spec, "backend spec"), "backend spec")
+    if not hasattr(backend, "chat"):
+        raise ValueError(f"backend spec: {spec.get('_target_', spec)} builds no chat backend (a pool goes in pool:)")
+    return backend
 
 
 def build_pool(spec: Any) -> list[ChatBackend]:
-    """Make the completion pool: a list of backend specs, or ``{type: toy_pool, seed: S, ...}``.
+    """Make the completion pool: a list of backend specs (or backends), or one spec that builds one or a list.
+
+    ``{_target_: zephyr.toy.students.default_pool, seed: S}`` (older: ``{type: toy_pool, seed: S}``) is the toy
+    world's five rule-based students.
 
     Raises:
-        ValueError: when two pool members share a name (rows are keyed by model name).
+        ValueError: when two pool members share a name (rows are keyed by model name), or a bad member spec.
     """
     try:
         from omegaconf import ListConfig, OmegaConf
@@ -388,13 +323,10 @@ def build_pool(spec: Any) -> list[ChatBackend]:
         pass
     if isinstance(spec, Mapping) or hasattr(spec, "keys"):
         d = _plain(spec)
-        if d.get("type") == "toy_pool":
-            from zephyr.toy.students import default_pool
-
-            d.pop("type")
-            members = list(default_pool(**d))
-        else:
-            members = [build_backend(d)]
+        if find_secret_key(d):
+            return [build_backend(d)]  # refused there, with the key's path
+        built = _instantiate(_with_target(d, "pool spec"), "pool spec")
+        members = list(built) if isinstance(built, (list, tuple)) else [built]
     else:
         members = [m if hasattr(m, "chat") else build_backend(m) for m in spec]
     names = [m.name for m in members]

@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from zephyr.eval.generate import Generator, StreamState
+from zephyr.generation import Generator, StreamState
 
 
 class ContentPart(BaseModel):

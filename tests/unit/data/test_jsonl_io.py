@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from zephyr.data.io import DataError, read_jsonl_numbered
-from zephyr.eval.generate import generate_file
 from zephyr.feedback.store import read_jsonl
+from zephyr.generation import generate_file
 
 
 def test_rows_keep_their_file_line_numbers(tmp_path):

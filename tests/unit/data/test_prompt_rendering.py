@@ -52,17 +52,15 @@ def _training_prompt_ids(tokenizer, messages, insert_empty_system):
 @pytest.mark.parametrize("insert_empty_system", [True, False])
 @pytest.mark.parametrize("messages", [NO_SYSTEM, WITH_SYSTEM], ids=["no_system", "system"])
 def test_every_path_renders_the_training_prompt(tokenizer, exports, messages, insert_empty_system):
-    from zephyr.demo import PolicyBackend
-    from zephyr.eval.generate import Generator
-    from zephyr.feedback.backends import LocalCheckpointBackend
+    from zephyr.generation import Generator, LocalCheckpointBackend
 
     export = exports[insert_empty_system]
     want = _training_prompt_ids(tokenizer, messages, insert_empty_system)
     served = Generator.from_dir(export)  # zephyr serve, zephyr generate, MT-Bench answers, eval judges
     assert served.prompt_ids(messages) == want
     assert LocalCheckpointBackend(str(export)).generator.prompt_ids(messages) == want  # feedback pool member
-    demo = PolicyBackend(export, "dsft")  # the demo's batched pool member
-    assert demo.insert_empty_system is insert_empty_system
+    demo = LocalCheckpointBackend(export, "dsft")  # the feedback/demo pool member, batched
+    assert demo.generator.insert_empty_system is insert_empty_system
     reply = demo.chat(messages, temperature=0.0, max_tokens=1)
     assert reply.prompt_tokens == len(want)
     if messages is NO_SYSTEM:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import TINY_CONFIG
-from zephyr.eval.generate import Generator, GeneratorBackend, StreamState, _held_back, generate_file, input_conversation
+from zephyr.generation import Generator, GeneratorBackend, StreamState, _held_back, generate_file, input_conversation
 
 MSGS = [{"role": "user", "content": "Hello there"}]
 

@@ -24,7 +24,8 @@ def test_toy_yaml_is_the_default_and_real_configs_load(tmp_path):
     for name in ("openai", "vllm"):
         cfg = load_config(str(CONF / f"{name}.yaml"))
         assert len(cfg.pool) >= 4 and cfg.sft.instructions.source == "self_instruct"
-        assert all(m.type in ("openai", "local") for m in cfg.pool)
+        targets = {"zephyr.feedback.backends.OpenAIBackend", "zephyr.generation.LocalCheckpointBackend"}
+        assert all(m._target_ in targets and "type" not in m for m in cfg.pool)
         assert "api_key" not in OmegaConf.to_yaml(cfg).replace("api_key_env", "")
 
 
@@ -43,7 +44,7 @@ def test_unknown_key_names_file_and_backends_replace_whole(tmp_path):
 def test_build_backend_errors_and_toy_types(monkeypatch):
     with pytest.raises(ValueError, match="environment variable"):
         build_backend({"type": "openai", "model": "m", "api_key": "sk-x"})
-    with pytest.raises(ValueError, match="unknown type 'gpt'"):
+    with pytest.raises(ValueError, match="backend spec: unknown type 'gpt' \\(openai \\| local \\| toy_teacher"):
         build_backend({"type": "gpt"})
     monkeypatch.delenv("ZEPHYR_TEST_KEY", raising=False)
     with pytest.raises(RuntimeError, match="environment variable ZEPHYR_TEST_KEY is not set"):
@@ -216,3 +217,61 @@ def test_feedback_defaults_have_one_home_the_toy_yaml():
     assert FeedbackConfig.from_config(workers=1, critique=False).workers == 1
     cfg = load_config(overrides=["feedback.world_knowledge=true", "seed=7"])
     assert FeedbackConfig.from_config(cfg).world_knowledge is True and FeedbackConfig.from_config(cfg).seed == 7
+
+
+OLD_TOY_BACKENDS = """
+teacher: {type: toy_teacher}
+user_sim: {type: toy_user}
+pool: {type: toy_pool, seed: 0}
+judge: {type: toy_judge}
+"""  # conf/feedback/toy.yaml's backends before they were written as _target_
+
+
+def _built(cfg) -> dict:
+    return {
+        "teacher": build_backend(cfg.teacher),
+        "user_sim": build_backend(cfg.user_sim),
+        "judge": build_backend(cfg.judge),
+        "pool": build_pool(cfg.pool),
+    }
+
+
+def test_shipped_backends_are_hydra_targets_and_the_old_type_keys_build_the_same(tmp_path):
+    new = load_config(str(CONF / "toy.yaml"))
+    assert {k: new[k]._target_ for k in ("teacher", "user_sim", "judge", "pool")} == {
+        "teacher": "zephyr.toy.teacher.ToyTeacher",
+        "user_sim": "zephyr.toy.user.ToyUserSimulator",
+        "judge": "zephyr.toy.judge.VerifierJudge",
+        "pool": "zephyr.toy.students.default_pool",
+    }
+    old_file = tmp_path / "old_toy.yaml"
+    old_file.write_text(OLD_TOY_BACKENDS)
+    a, b = _built(new), _built(load_config(str(old_file)))
+    for key in ("teacher", "user_sim", "judge"):
+        assert type(a[key]) is type(b[key]) and a[key].name == b[key].name, key
+    assert [(type(m).__name__, m.name) for m in a["pool"]] == [(type(m).__name__, m.name) for m in b["pool"]]
+    assert len(a["pool"]) == 5 and a["pool"][0].chat([{"role": "user", "content": "What is 2 + 3?"}], seed=1).texts[0]
+
+
+def test_old_and_new_openai_specs_build_the_same_backend():
+    old = {"type": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", "api_key_env": None, "timeout": 7}
+    new = {**{k: v for k, v in old.items() if k != "type"}, "_target_": "zephyr.feedback.backends.OpenAIBackend"}
+    assert (
+        repr(build_backend(old))
+        == repr(build_backend(new))
+        == ("OpenAIBackend(model='m', base_url='http://127.0.0.1:9/v1', api_key_env=None)")
+    )
+    assert build_backend(new).timeout == 7.0 and build_pool([old, {**new, "name": "b"}])[1].name == "b"
+
+
+def test_backend_spec_errors_are_one_line():
+    with pytest.raises(ValueError, match="backend spec: give _target_ or the older type key, not both"):
+        build_backend({"type": "toy_judge", "_target_": "zephyr.toy.judge.VerifierJudge"})
+    with pytest.raises(ValueError, match="backend spec: needs a _target_"):
+        build_backend({"model": "m"})
+    with pytest.raises(ValueError, match=r"backend spec: cannot build zephyr.toy.judge.VerifierJudge: .*colour"):
+        build_backend({"_target_": "zephyr.toy.judge.VerifierJudge", "colour": "red"})
+    with pytest.raises(ValueError, match="builds no chat backend"):
+        build_backend({"type": "toy_pool"})
+    with pytest.raises(FileNotFoundError, match="not an exported checkpoint"):
+        build_backend({"type": "local", "path": "/nonexistent/model"})

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import TINY_CONFIG
-from zephyr.eval.generate import Generator
+from zephyr.generation import Generator
 from zephyr.serve.app import create_app
 
 MSGS = [{"role": "user", "content": "Hello there"}]
