@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -182,11 +183,13 @@ def apply_adapter(model: torch.nn.Module, acfg: dict[str, Any]) -> torch.nn.Modu
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     config = lora_config(model, acfg)
-    if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
-    peft_model = get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft calls transformers' deprecated gradient_checkpointing aliases
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated.*", category=FutureWarning)
+        if getattr(model, "is_loaded_in_4bit", False):
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        peft_model = get_peft_model(model, config)
     peft_model.train()
     return peft_model
 
