@@ -30,6 +30,7 @@ from zephyr.callbacks import (
 from zephyr.errors import ConfigError
 from zephyr.models.adapters import adapter_config, apply_adapter, check_adapter, describe_parameters, is_peft_model
 from zephyr.models.adapters import model_kwargs as adapter_model_kwargs
+from zephyr.scale.plan import LaunchPlan
 from zephyr.secrets import redact, scrub, scrub_run_files, secret_values
 from zephyr.tokenizer import load_tokenizer
 
@@ -170,9 +171,9 @@ def check_trainer_values(cfg: DictConfig) -> None:
 
 
 def apply_kernels(cfg: DictConfig) -> None:
-    """:func:`zephyr.scale.launch.apply_kernel_options` (Liger), its refusals as :class:`ConfigError`."""
+    """:func:`zephyr.scale.plan.apply_kernel_options` (Liger), its refusals as :class:`ConfigError`."""
     from zephyr.scale import ScaleConfigError
-    from zephyr.scale.launch import apply_kernel_options
+    from zephyr.scale.plan import apply_kernel_options
 
     try:
         apply_kernel_options(cfg)
@@ -295,26 +296,28 @@ def build_loggers(cfg: DictConfig, out: Path, flat_cfg: dict[str, Any]) -> list[
     return [logger]
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], out: Path) -> pl.Trainer:
-    """``pl.Trainer`` for ``hardware`` x ``strategy`` (built by :mod:`zephyr.scale`; the data modules' batch
-    sampler splits the ranks).
+def build_trainer(
+    cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], out: Path, plan: LaunchPlan
+) -> pl.Trainer:
+    """``pl.Trainer`` for the run's :class:`~zephyr.scale.plan.LaunchPlan` (strategy built by :mod:`zephyr.scale`;
+    the data modules' batch sampler splits the ranks).
     """
     from zephyr.scale import ScaleConfigError
-    from zephyr.scale.launch import trainer_arguments
+    from zephyr.scale.plan import trainer_arguments
 
     hw = cfg.hardware
     try:
-        strategy, kwargs = trainer_arguments(cfg)
+        strategy, kwargs = trainer_arguments(cfg, plan)
     except ScaleConfigError as e:
         raise ConfigError(str(e)) from e
     plugins = []
     if strategy == "auto" or type(strategy).__name__ == "DDPStrategy":  # sharded strategies save their own way
         plugins.append(AtomicCheckpointIO())
     return pl.Trainer(
-        accelerator=hw.accelerator,
+        accelerator=plan.accelerator,
         devices=hw.devices,
         num_nodes=hw.get("num_nodes", 1),
-        precision=hw.precision,
+        precision=plan.precision,
         strategy=strategy,
         callbacks=callbacks,
         logger=loggers or False,
@@ -324,15 +327,17 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
     )
 
 
-def prepare_scale(cfg: DictConfig) -> None:
-    """Check strategy x hardware, derive accumulation, print the memory estimate (rank 0); before any model."""
+def prepare_scale(cfg: DictConfig) -> LaunchPlan:
+    """The run's launch plan, decided once: strategy x hardware checked, accumulation derived, the memory
+    estimate printed (rank 0); before any model. Everything after reads the returned plan.
+    """
     from pytorch_lightning.utilities import rank_zero_only
 
     from zephyr.scale import ScaleConfigError
-    from zephyr.scale.launch import prepare
+    from zephyr.scale.plan import prepare
 
     try:
-        prepare(cfg, print_memory=rank_zero_only.rank == 0)
+        return prepare(cfg, print_memory=rank_zero_only.rank == 0)
     except ScaleConfigError as e:
         raise ConfigError(str(e)) from e
 
@@ -365,7 +370,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_output_dir(cfg, out, ckpt_path)
     if (done := completed_run(cfg, ckpt_path, out)) is not None:
         return done
-    prepare_scale(cfg)
+    plan = prepare_scale(cfg)
     apply_kernels(cfg)  # refuses trainer.liger_kernel=true without CUDA / liger-kernel before anything is built
     out.mkdir(parents=True, exist_ok=True)
     secrets = secret_values(cfg, _overrides())
@@ -382,7 +387,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(str(e)) from None
     datamodule = build(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")  # read and validate the data before any model is built: a bad row stops the run now
-    from zephyr.scale.launch import compile_model
+    from zephyr.scale.plan import compile_model
 
     model = apply_adapter(build(cfg.model, **adapter_model_kwargs(cfg)), adapter_config(cfg))
     log.info("%s", describe_parameters(model))
@@ -392,7 +397,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = build_loggers(cfg, out, flat_cfg)
     metrics: dict[str, float] = {}
     try:
-        trainer = build_trainer(cfg, callbacks, loggers, out)
+        trainer = build_trainer(cfg, callbacks, loggers, out, plan)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update(_final_metrics(trainer))
         if cfg.get("final_eval", True) and datamodule.eval_items:
@@ -403,9 +408,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("export", True):
             from zephyr.data.chat_template import prompt_format
             from zephyr.models.export import export_adapter_run, export_hf
-            from zephyr.scale.launch import model_to_export
+            from zephyr.scale.plan import model_to_export
 
-            export_model = model_to_export(trainer, module.model)  # every rank: sharded weights are gathered
+            export_model = model_to_export(trainer, module.model, plan)  # every rank: sharded weights are gathered
             if trainer.is_global_zero and is_peft_model(module.model):
                 export_adapter_run(
                     module.model,

@@ -18,7 +18,7 @@ layers, using the per-layer ``34·s·b·h`` bytes (16-bit) of Korthikanti et al.
 without the attention-score term (FlashAttention / SDPA never store it). Gradient checkpointing keeps only each
 layer's input (``2·s·b·h`` per layer) plus one layer being recomputed. The loss adds fp32 logits: the whole
 ``b·s·V`` block, or one ``chunk x V`` block with ``objective.chunked_loss`` (not under ZeRO-3, see
-:func:`zephyr.scale.launch.prepare`). DPO doubles the rows (chosen and
+:func:`zephyr.scale.plan.prepare`). DPO doubles the rows (chosen and
 rejected go through together) and a live reference model adds its unsharded weights. Framework overhead
 (CUDA context ~0.5-1 GB, allocator fragmentation, communication buckets) is not included: keep ~10 % headroom.
 """
@@ -160,14 +160,19 @@ def estimate(
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGY_ROWS}")
 
 
-def estimates_for_config(cfg: DictConfig) -> tuple[list[MemoryEstimate], dict[str, Any]]:
+def estimates_for_config(cfg: DictConfig, plan: Any = None) -> tuple[list[MemoryEstimate], dict[str, Any]]:
     """An estimate for every strategy under ``cfg``'s model, data, objective and hardware.
+
+    ``plan`` is the run's :class:`~zephyr.scale.plan.LaunchPlan` (world size); without one it is derived
+    unchecked (a GPU preset can be estimated on a machine without CUDA).
 
     Returns:
         ``(rows, facts)``: one :class:`MemoryEstimate` per :data:`STRATEGY_ROWS` entry, and the inputs used
         (``n_params``, ``world_size``, ``micro_batch_size``, ``seq_len``, ``objective``...).
     """
-    from zephyr.scale.strategies import world_size
+    from zephyr.scale.plan import launch_plan
+
+    plan = plan or launch_plan(cfg, check=False)
 
     mcfg = OmegaConf.to_container(cfg.model.config, resolve=True)
     n_params = count_parameters(mcfg)
@@ -194,14 +199,14 @@ def estimates_for_config(cfg: DictConfig) -> tuple[list[MemoryEstimate], dict[st
         loss_chunk_size=int(cfg.objective.get("loss_chunk_size", 1024)),
     )
     acts = activation_bytes(chunked_loss=chunked, **act_kwargs)
-    # ZeRO-3 runs turn the chunked loss off (zephyr.scale.launch.prepare): full logits there
+    # ZeRO-3 runs turn the chunked loss off (zephyr.scale.plan.prepare): full logits there
     acts_zero3 = activation_bytes(chunked_loss=False, **act_kwargs)
     ref_mode = str((cfg.objective.get("reference") or {}).get("mode", "cache")) if is_dpo else "none"
     reference = n_params * w if ref_mode == "live" else 0.0
-    n = world_size(cfg.hardware)
+    n = plan.world_size
     full_shard = (
         str(cfg.strategy.get("sharding_strategy", "FULL_SHARD")) == "FULL_SHARD"
-        if cfg.strategy.get("name") == "fsdp"
+        if plan.strategy == "fsdp"
         else True
     )
     out = [
@@ -256,19 +261,17 @@ def render_table(rows: list[MemoryEstimate], facts: dict[str, Any], selected: st
     return table
 
 
-def selected_row(cfg: DictConfig) -> str:
-    """The :data:`STRATEGY_ROWS` entry of the configured strategy."""
-    from zephyr.scale.strategies import strategy_option
-
-    return strategy_option(cfg)
-
-
-def print_memory_estimate(cfg: DictConfig, console=None) -> list[MemoryEstimate]:
-    """Print the table for ``cfg`` (the configured strategy starred) and return its rows."""
+def print_memory_estimate(cfg: DictConfig, console=None, plan: Any = None) -> list[MemoryEstimate]:
+    """Print the table for ``cfg`` (the plan's strategy starred) and return its rows; ``plan`` as in
+    :func:`estimates_for_config`.
+    """
     from rich.console import Console
 
-    rows, facts = estimates_for_config(cfg)
-    (console or Console(stderr=True, width=132)).print(render_table(rows, facts, selected=selected_row(cfg)))
+    from zephyr.scale.plan import launch_plan
+
+    plan = plan or launch_plan(cfg, check=False)
+    rows, facts = estimates_for_config(cfg, plan)
+    (console or Console(stderr=True, width=132)).print(render_table(rows, facts, selected=plan.option))
     return rows
 
 

@@ -12,17 +12,22 @@ engines, nothing home-made:
   ``deepspeed_stage_3`` reproduces the recipe's accelerate ``deepspeed_zero3.yaml`` (zero stage 3, no offload,
   zero3 init, 16-bit weights gathered on save, bf16). GPU only under Lightning.
 
-Combinations that cannot run are refused by :func:`check_combination` with one line naming the keys.
+Combinations that cannot run are refused by :func:`check_combination` with one line naming the keys. The
+name, option and world-size helpers here are read once per run, by :func:`zephyr.scale.plan.launch_plan`; the
+checks and the strategy object take the resulting :class:`~zephyr.scale.plan.LaunchPlan`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zephyr.scale import ScaleConfigError
+
+if TYPE_CHECKING:
+    from zephyr.scale.plan import LaunchPlan
 
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
 OFFLOAD_DEVICES = ("none", "cpu")
@@ -66,49 +71,33 @@ def strategy_option(cfg: DictConfig) -> str:
     return f"deepspeed_stage_{stage}" + ("_offload" if offload and stage == 3 else "")
 
 
-def is_zero3(cfg: DictConfig) -> bool:
-    """Whether ``strategy`` is DeepSpeed ZeRO stage 3 (parameters exist only as shards outside module forwards)."""
-    return strategy_name(cfg) == "deepspeed" and int(cfg.strategy.get("stage", 0)) == 3
-
-
-def is_sharded(cfg: DictConfig) -> bool:
-    """Whether weights are split across ranks (FSDP, ZeRO-3), so the export must gather them."""
-    name = strategy_name(cfg)
-    return name == "fsdp" or (name == "deepspeed" and int(cfg.strategy.get("stage", 0)) == 3)
-
-
-def _on_gpu(hardware: DictConfig) -> bool:
-    return str(hardware.get("accelerator", "cpu")) in ("gpu", "cuda")
-
-
-def check_combination(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
+def check_combination(cfg: DictConfig, plan: LaunchPlan, *, cuda_available: bool | None = None) -> None:
     """Refuse strategy x hardware combinations that cannot run, with one line naming the keys.
 
     Args:
-        cfg: the composed train config.
+        cfg: the composed train config (the ``strategy`` group's own keys: stage, offload, implementation).
+        plan: the run's plan (strategy name and option, accelerator).
         cuda_available: override the CUDA probe (tests check GPU presets on CPU machines); default asks torch.
 
     Raises:
         ScaleConfigError: unknown strategy name, DeepSpeed without CUDA GPUs, an unknown offload device or FSDP
             implementation, parameter offload below stage 3, or a GPU preset on a machine without CUDA.
     """
-    name = strategy_name(cfg)
-    hw = cfg.hardware
-    accel = str(hw.get("accelerator", "cpu"))
+    name, accel = plan.strategy, plan.accelerator
     if name not in STRATEGIES:
         raise ScaleConfigError(f"strategy.name={name!r} is not one of {STRATEGIES} (conf/strategy/)")
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
-    if _on_gpu(hw) and not cuda_available:
+    if plan.on_gpu and not cuda_available:
         raise ScaleConfigError(
             f"hardware.accelerator={accel} but this machine has no CUDA device; use hardware=cpu here "
             "(the GPU presets are for gpu1 / a100x8 / a100x16 / h100x8 machines)"
         )
     if name == "deepspeed":
         s = cfg.strategy
-        if not _on_gpu(hw):
+        if not plan.on_gpu:
             raise ScaleConfigError(
-                f"strategy={strategy_option(cfg)} needs CUDA GPUs but hardware.accelerator={accel}: "
+                f"strategy={plan.option} needs CUDA GPUs but hardware.accelerator={accel}: "
                 "Lightning's DeepSpeed strategy is CUDA-only; on CPU use strategy=ddp or strategy=fsdp, or check the "
                 "DeepSpeed config with `torchrun --nproc_per_node 2 -m zephyr.scale.deepspeed_cpu_check`"
             )
@@ -207,18 +196,15 @@ def _decoder_layer_classes() -> set[type[torch.nn.Module]]:
     return {MistralDecoderLayer}
 
 
-def build_strategy(cfg: DictConfig, *, cuda_available: bool | None = None) -> Any:
+def build_strategy(cfg: DictConfig, plan: LaunchPlan) -> Any:
     """The ``strategy=`` argument for ``pl.Trainer`` (a name or a strategy object).
 
     Args:
-        cfg: the composed train config (``strategy``, ``hardware``, ``model``, ``data``, ``trainer``).
-        cuda_available: see :func:`check_combination`.
-
-    Raises:
-        ScaleConfigError: see :func:`check_combination`.
+        cfg: the composed train config (``strategy``, ``model``, ``trainer``: the engine's own settings).
+        plan: the run's checked plan (:func:`zephyr.scale.plan.launch_plan`): strategy, world size, precision,
+            micro-batch.
     """
-    check_combination(cfg, cuda_available=cuda_available)
-    name = strategy_name(cfg)
+    name = plan.strategy
     s = cfg.strategy
     if name == "auto":
         return "auto"
@@ -231,12 +217,12 @@ def build_strategy(cfg: DictConfig, *, cuda_available: bool | None = None) -> An
             static_graph=bool(s.get("static_graph", False)),
         )
     if name == "fsdp":
-        if not _on_gpu(cfg.hardware) or str(s.get("implementation", "auto")) == "fsdp2":
+        if not plan.on_gpu or str(s.get("implementation", "auto")) == "fsdp2":
             from pytorch_lightning.strategies import ModelParallelStrategy
 
             # data-parallel FSDP2 over every rank; fully_shard itself is applied in configure_model
             return ModelParallelStrategy(
-                data_parallel_size=world_size(cfg.hardware),
+                data_parallel_size=plan.world_size,
                 tensor_parallel_size=1,
                 save_distributed_checkpoint=str(s.get("state_dict_type", "sharded")) == "sharded",
             )
@@ -255,9 +241,9 @@ def build_strategy(cfg: DictConfig, *, cuda_available: bool | None = None) -> An
 
     ds = deepspeed_config(
         s,
-        precision=str(cfg.hardware.precision),
+        precision=plan.precision,
         hidden_size=int(cfg.model.config.hidden_size),
-        micro_batch_size=int(cfg.data.batch_size),
+        micro_batch_size=plan.micro_batch_size,
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
     )
     return DeepSpeedStrategy(config=ds)

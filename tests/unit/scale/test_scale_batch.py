@@ -6,7 +6,7 @@ import pytest
 
 from zephyr.scale import ScaleConfigError
 from zephyr.scale.batch import BatchPlan, plan_batches
-from zephyr.scale.launch import prepare
+from zephyr.scale.plan import prepare
 
 
 @pytest.mark.parametrize(

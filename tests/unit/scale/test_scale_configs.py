@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from zephyr.scale import ScaleConfigError
-from zephyr.scale.strategies import build_strategy, check_combination, world_size
+from zephyr.scale.plan import launch_plan
+from zephyr.scale.strategies import build_strategy, world_size
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 STRATEGIES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
@@ -58,7 +59,7 @@ def test_pairs_valid_on_a_gpu_machine_pass_and_deepspeed_on_cpu_is_refused(grid)
     refused = []
     for (s, h), cfg in grid.items():
         try:
-            check_combination(cfg, cuda_available=True)
+            launch_plan(cfg, cuda_available=True)
         except ScaleConfigError as e:
             refused.append((s, h))
             assert "\n" not in str(e)
@@ -68,7 +69,7 @@ def test_pairs_valid_on_a_gpu_machine_pass_and_deepspeed_on_cpu_is_refused(grid)
 
 def test_gpu_presets_on_a_machine_without_cuda_fail_with_one_line(grid):
     with pytest.raises(ScaleConfigError, match=r"hardware.accelerator=gpu but this machine has no CUDA device"):
-        check_combination(grid["ddp", "a100x8"], cuda_available=False)
+        launch_plan(grid["ddp", "a100x8"], cuda_available=False)
 
 
 def test_bad_strategy_values_name_the_key(grid):
@@ -77,23 +78,25 @@ def test_bad_strategy_values_name_the_key(grid):
     cfg = grid["deepspeed_stage_2", "a100x8"].copy()
     OmegaConf.update(cfg, "strategy.offload_param", "cpu")
     with pytest.raises(ScaleConfigError, match=r"strategy.offload_param=cpu needs stage 3 \(strategy.stage=2\)"):
-        check_combination(cfg, cuda_available=True)
+        launch_plan(cfg, cuda_available=True)
     OmegaConf.update(cfg, "strategy.offload_param", "nvme")
     with pytest.raises(ScaleConfigError, match=r"strategy.offload_param='nvme' must be one of"):
-        check_combination(cfg, cuda_available=True)
+        launch_plan(cfg, cuda_available=True)
     cfg = grid["auto", "cpu"].copy()
     OmegaConf.update(cfg, "strategy.name", "horovod")
     with pytest.raises(ScaleConfigError, match=r"strategy.name='horovod' is not one of"):
-        check_combination(cfg)
+        launch_plan(cfg)
 
 
 def test_cpu_strategies_build_lightning_objects(grid):
     from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
 
-    assert build_strategy(grid["auto", "cpu"]) == "auto"
-    ddp = build_strategy(grid["ddp", "cpu"])
+    assert build_strategy(grid["auto", "cpu"], launch_plan(grid["auto", "cpu"])) == "auto"
+    ddp = build_strategy(grid["ddp", "cpu"], launch_plan(grid["ddp", "cpu"]))
     assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs["gradient_as_bucket_view"] is True
-    fsdp = build_strategy(grid["fsdp", "cpu"])  # Lightning refuses FSDPStrategy on CPU: FSDP2 instead
+    fsdp = build_strategy(
+        grid["fsdp", "cpu"], launch_plan(grid["fsdp", "cpu"])
+    )  # Lightning refuses FSDPStrategy on CPU: FSDP2 instead
     assert isinstance(fsdp, ModelParallelStrategy)
     assert (fsdp._data_parallel_size, fsdp._tensor_parallel_size) == (1, 1)
 
@@ -102,7 +105,7 @@ def test_fsdp_on_gpu_is_lightnings_fsdp_with_decoder_layer_units(grid):
     from pytorch_lightning.strategies import FSDPStrategy
     from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
 
-    s = build_strategy(grid["fsdp", "a100x16"], cuda_available=True)
+    s = build_strategy(grid["fsdp", "a100x16"], launch_plan(grid["fsdp", "a100x16"], cuda_available=True))
     assert isinstance(s, FSDPStrategy)
     assert s.sharding_strategy.name == "FULL_SHARD"
     assert s._state_dict_type == "sharded"
@@ -115,8 +118,53 @@ def test_deepspeed_strategy_object_carries_the_generated_config(grid):
     from pytorch_lightning.strategies import DeepSpeedStrategy
 
     cfg = grid["deepspeed_stage_3", "a100x16"]
-    s = build_strategy(cfg, cuda_available=True)
+    s = build_strategy(cfg, launch_plan(cfg, cuda_available=True))
     assert isinstance(s, DeepSpeedStrategy)
     assert s.config["zero_optimization"]["stage"] == 3
     assert s.config["bf16"] == {"enabled": True}
     assert "gradient_accumulation_steps" not in s.config  # Lightning sets it from accumulate_grad_batches
+
+
+def test_launch_plan_decides_strategy_world_and_sharding_once(grid):
+    import dataclasses
+
+    expect = {  # option -> (strategy, zero stage, sharded, zero3)
+        "auto": ("auto", 0, False, False),
+        "ddp": ("ddp", 0, False, False),
+        "fsdp": ("fsdp", 0, True, False),
+        "deepspeed_stage_2": ("deepspeed", 2, False, False),
+        "deepspeed_stage_3": ("deepspeed", 3, True, True),
+        "deepspeed_stage_3_offload": ("deepspeed", 3, True, True),
+    }
+    for s in STRATEGIES:
+        plan = launch_plan(grid[s, "a100x16"], cuda_available=True)
+        assert (plan.strategy, plan.zero_stage, plan.sharded, plan.zero3) == expect[s], s
+        assert plan.option == s and plan.world_size == 16 and plan.precision == "bf16-mixed" and plan.on_gpu
+        assert plan.micro_batch_size * plan.accumulate * plan.world_size == plan.global_batch_size
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.strategy = "ddp"  # type: ignore[misc]
+    assert plan.describe() == f"strategy={s}, precision=bf16-mixed, {plan.batch.describe()}"
+
+
+def test_unchecked_plan_lets_a_gpu_preset_be_planned_on_cpu(grid):
+    cfg = grid["deepspeed_stage_3", "cpu"]
+    with pytest.raises(ScaleConfigError, match="needs CUDA GPUs"):
+        launch_plan(cfg)
+    plan = launch_plan(cfg, check=False)
+    assert plan.zero3 and plan.world_size == 1
+
+
+def test_memory_estimate_reads_the_plan(grid):
+    import dataclasses
+
+    from zephyr.scale.batch import BatchPlan
+    from zephyr.scale.memory import estimates_for_config
+
+    cfg = grid["fsdp", "cpu"]
+    plan = launch_plan(cfg)
+    wide = dataclasses.replace(plan, batch=BatchPlan(8, 1, 1, 8))
+    (_, one), (rows, eight) = estimates_for_config(cfg, plan), estimates_for_config(cfg, wide)
+    assert (one["world_size"], eight["world_size"]) == (1, 8)
+    fsdp1 = next(r for r in estimates_for_config(cfg, plan)[0] if r.strategy == "fsdp")
+    fsdp8 = next(r for r in rows if r.strategy == "fsdp")
+    assert fsdp8.params < fsdp1.params  # sharded over the plan's 8 ranks

@@ -6,7 +6,7 @@ import pytest
 
 from zephyr.data.collate import ResumableBatchSampler
 from zephyr.scale import ScaleConfigError
-from zephyr.scale.launch import ZEPHYR_TRAINER_KEYS, apply_kernel_options, compile_model, trainer_arguments
+from zephyr.scale.plan import ZEPHYR_TRAINER_KEYS, apply_kernel_options, compile_model, launch_plan, trainer_arguments
 
 
 def _sampler(rank=0, world_size=1):
@@ -41,11 +41,13 @@ def test_bad_rank():
 
 
 def test_data_module_splits_by_the_trainers_rank(tokenizer):
+    from functools import partial
     from types import SimpleNamespace
 
     from zephyr.data.module import SFTDataModule
+    from zephyr.toy.teacher import sft_dialogues
 
-    dm = SFTDataModule(tokenizer=tokenizer, batch_size=4, eval_size=8, toy={"n": 64, "seed": 0})
+    dm = SFTDataModule(tokenizer=tokenizer, batch_size=4, eval_size=8, toy=partial(sft_dialogues, 64, 0))
     dm.setup("fit")
     whole = list(dm.train_dataloader().batch_sampler)
     dm.trainer = SimpleNamespace(global_rank=1, world_size=2)
@@ -55,7 +57,7 @@ def test_data_module_splits_by_the_trainers_rank(tokenizer):
 
 def test_trainer_arguments_drop_zephyr_keys(compose):
     cfg = compose("strategy=ddp", "hardware.devices=2", "trainer.compile=true")
-    strategy, kwargs = trainer_arguments(cfg)
+    strategy, kwargs = trainer_arguments(cfg, launch_plan(cfg))
     assert type(strategy).__name__ == "DDPStrategy"
     assert not set(ZEPHYR_TRAINER_KEYS) & set(kwargs)
     assert kwargs["use_distributed_sampler"] is False  # the data modules' batch sampler splits the ranks
