@@ -61,7 +61,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    if problem := missing_plugin(sys.argv[1:]):
+    from zephyr.sweep import sweep_conflict
+
+    if problem := missing_plugin(sys.argv[1:]) or sweep_conflict(sys.argv[1:], CONF):
         print(f"train.py: error: {problem}", file=sys.stderr)
         sys.exit(2)
     main()

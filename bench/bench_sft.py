@@ -38,6 +38,7 @@ def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
     from zephyr.data.module import SFTDataModule
     from zephyr.modules.sft import SFTModule
     from zephyr.tokenizer import load_tokenizer
+    from zephyr.toy.teacher import sft_dialogues
 
     tok = load_tokenizer()
     dm = SFTDataModule(
@@ -47,7 +48,7 @@ def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
         packing=p.get("packing", True),
         seed=SEED,
         on_overlong="skip",
-        toy={"n": _num_dialogues(p), "seed": SEED},
+        toy=partial(sft_dialogues, _num_dialogues(p), SEED),
     )
     dm.setup("fit")
     model = build_policy(p["model_config"])

@@ -323,7 +323,7 @@ def run_one(settings: DictConfig, out: Path, seed: int, console=None) -> dict[st
             write_jsonl(sft_path, rows)
             console.print(f"{len(rows)} dialogues -> {sft_path}")
 
-    data_sft = ["data=local_jsonl", f"data.path={sft_path}", "data.eval_size=0"]
+    data_sft = ["data=local_sft", f"data.path={sft_path}", "data.eval_size=0"]
     dsft_model = out / "dsft" / "model"
     if not stage.reuse("dsft", dsft_model / "config.json", out / "dsft" / "metrics.json"):
         with stage("dsft", "distilled SFT on the teacher's dialogues"):

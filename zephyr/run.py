@@ -45,9 +45,22 @@ def check_required(cfg: DictConfig) -> None:
 
 
 DATA_FOR = {
-    "sft": "data=toy (built-in dialogues), data=local_jsonl data.path=FILE or data=ultrachat",
+    "sft": "data=toy_sft (built-in dialogues), data=local_sft data.path=FILE or data=ultrachat",
     "preference": "data=toy_prefs (built-in pairs), data=local_prefs data.path=FILE or data=ultrafeedback",
 }
+# old data option -> its new name (conf/data/<old>.yaml is a one-line alias of the new one)
+RENAMED_DATA = {"toy": "toy_sft", "local_jsonl": "local_sft"}
+
+
+def warn_renamed_data() -> None:
+    """Log one deprecation line when the run chose a data option by its old name (Hydra runs only)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    choice = HydraConfig.get().runtime.choices.get("data")
+    if choice in RENAMED_DATA:
+        log.warning("data=%s is deprecated: it is now data=%s (same keys)", choice, RENAMED_DATA[choice])
 
 
 def check_objective_data(cfg: DictConfig) -> None:
@@ -360,6 +373,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ``runtime_s`` and ``global_step``.
     """
     started = time.perf_counter()
+    warn_renamed_data()
     check_required(cfg)
     check_trainer_values(cfg)
     check_objective_data(cfg)

@@ -37,6 +37,47 @@ log = logging.getLogger(__name__)
 HIDDEN_KEYS = ("experiment", "sweep", "hydra", "paths.root_dir", "paths.output_dir")
 
 
+def experiment_sweep(conf: Path, name: str) -> str | None:
+    """The ``sweep`` option that ``conf/experiment/<name>.yaml`` pulls in through its defaults (or a base's).
+
+    Experiments say what to run and ``conf/sweep/`` what to vary; a study such as ``dpo_beta`` is ``dpo_toy`` plus
+    ``- /sweep: beta`` in its defaults list. ``None`` when neither it nor an experiment it builds on names one.
+    """
+    path = conf / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    for entry in OmegaConf.load(path).get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_":
+            if (found := experiment_sweep(conf, entry)) is not None:
+                return found
+        elif not isinstance(entry, str):
+            for key, value in entry.items():
+                if str(key).lstrip("/") == "sweep":
+                    return str(value)
+    return None
+
+
+def sweep_conflict(args: list[str], conf: Path) -> str | None:
+    """The one-line refusal for ``+experiment=E +sweep=S`` when E already pulls in a grid, else ``None``.
+
+    Two grids are never merged: ``sweep=S`` (no ``+``) replaces the experiment's grid, which is what to write.
+    """
+    experiment = sweep = None
+    for arg in args:
+        key, value = _split(arg)
+        if key == "experiment":
+            experiment = value
+        elif key == "sweep" and arg.startswith("+"):
+            sweep = arg
+    if experiment is None or sweep is None or (own := experiment_sweep(conf, experiment)) is None:
+        return None
+    return (
+        f"{sweep} would add a second grid to +experiment={experiment}, which already sweeps sweep={own} "
+        f"(conf/experiment/{experiment}.yaml): write {sweep.lstrip('+')} to replace its grid, or start from "
+        f"an experiment without one (e.g. +experiment=dpo_toy {sweep})"
+    )
+
+
 def _split(override: str) -> tuple[str, str]:
     key, _, value = override.partition("=")
     return key.lstrip("+~"), value

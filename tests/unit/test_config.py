@@ -35,7 +35,7 @@ def test_defaults_list_has_every_group_but_experiment_and_sweep():
 def test_every_group_option_composes(compose, option):
     group, name = option.split("/", 1)
     overrides = [f"{group}={name}"]
-    if option == "data/local_jsonl":
+    if option in ("data/local_sft", "data/local_jsonl"):
         overrides.append("data.path=x.jsonl")
     cfg = compose(*overrides)
     OmegaConf.resolve(cfg.model)  # interpolations resolve without Hydra's runtime
@@ -75,7 +75,7 @@ def test_unknown_group_option_lists_available(compose):
 
 
 def test_missing_required_value_named(compose):
-    cfg = compose("data=local_jsonl")
+    cfg = compose("data=local_sft")
     with pytest.raises(ConfigError, match=r"missing required config value\(s\): data.path"):
         check_required(cfg)
 

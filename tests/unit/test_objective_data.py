@@ -25,7 +25,7 @@ def test_objective_dpo_brings_preference_data(compose):
 
 @pytest.mark.parametrize(
     ("overrides", "wanted"),
-    [(["objective=dpo", "data=toy"], "data=toy_prefs"), (["data=toy_prefs"], "data=local_jsonl data.path=FILE")],
+    [(["objective=dpo", "data=toy_sft"], "data=toy_prefs"), (["data=toy_prefs"], "data=local_sft data.path=FILE")],
 )
 def test_mismatch_is_one_line_before_the_model(tmp_path, overrides, wanted):
     cmd = [sys.executable, "train.py", *overrides, f"paths.output_dir={tmp_path}/run", "logger=none"]

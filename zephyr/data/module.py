@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -32,13 +33,6 @@ from zephyr.data.sft import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def toy_sft_rows(n: int, seed: int) -> list[dict[str, Any]]:
-    """The embedded default dSFT set: ``n`` toy-world dialogues written by the imperfect teacher."""
-    from zephyr.toy.teacher import sft_dialogues
-
-    return sft_dialogues(n, seed)
 
 
 def holdout_size(eval_size: int, n_rows: int) -> int:
@@ -72,7 +66,8 @@ class ChatDataModule(pl.LightningDataModule):
         on_bad_row: ``error`` | ``skip``.
         num_workers: dataloader worker processes.
         seed: shuffling and hold-out seed.
-        toy: ``{n, seed}`` for the built-in toy set.
+        toy: the built-in rows when neither ``path`` nor ``name`` is set: a no-argument callable, which the
+            ``conf/data/toy_*`` options build by ``_target_`` (``_partial_``) from ``zephyr.toy``.
     """
 
     def __init__(
@@ -93,7 +88,7 @@ class ChatDataModule(pl.LightningDataModule):
         on_bad_row: str = "error",
         num_workers: int = 0,
         seed: int = 0,
-        toy: dict[str, int] | None = None,
+        toy: Callable[[], Iterable[dict[str, Any]]] | None = None,
     ):
         super().__init__()
         check_source(path, name)
@@ -109,7 +104,7 @@ class ChatDataModule(pl.LightningDataModule):
         self.eval_size, self.revision, self.limit = eval_size, revision, limit
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.max_length, self.on_bad_row, self.num_workers, self.seed = max_length, on_bad_row, num_workers, seed
-        self.toy = dict(toy or {"n": 2000, "seed": 0})
+        self.toy = toy
         self.train_items: list[Any] | None = None
         self.eval_items: list[Any] = []
         self.reports: list[RowReport] = []
@@ -128,9 +123,6 @@ class ChatDataModule(pl.LightningDataModule):
     def collate(self, items: list[Any]) -> dict[str, Any]:
         raise TypeError(f"{type(self).__name__} must override this method")
 
-    def builtin_rows(self) -> list[dict[str, Any]]:
-        raise TypeError(f"{type(self).__name__} must override this method")
-
     def _load(self, split: str, path: str | None = None) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
         """Load and validate one split's rows, numbered as in their file (before any hold-out)."""
         source, numbered = load_numbered_rows(
@@ -139,7 +131,7 @@ class ChatDataModule(pl.LightningDataModule):
             split=split,
             revision=self.revision,
             limit=self.limit,
-            builtin=self.builtin_rows if not (path or self.name) else None,
+            builtin=self.toy if not (path or self.name) else None,
         )
         report = RowReport(source=source, read=len(numbered))
         valid = []
@@ -261,9 +253,6 @@ class SFTDataModule(ChatDataModule):
         super().__init__(tokenizer, **kwargs)
         self.loss_on, self.on_overlong, self.packing = loss_on, on_overlong, packing
         self.insert_empty_system = insert_empty_system
-
-    def builtin_rows(self) -> list[dict[str, Any]]:
-        return toy_sft_rows(int(self.toy["n"]), int(self.toy.get("seed", 0)))
 
     def validate_row(self, row: dict[str, Any]) -> None:
         validate_sft_row(row)

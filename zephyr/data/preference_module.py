@@ -18,19 +18,15 @@ per batch (T ≈ prompt + chosen + rejected) and cannot run under FlashAttention
 :class:`zephyr.modules.dpo.DPOModule` switches the data module back to ``concat``. ``num_tokens`` counts
 ``2·prompt + chosen + rejected`` per pair in both layouts, so throughput figures are comparable.
 
-The embedded default (``conf/data/toy_prefs.yaml``) runs the real feedback pipeline on toy-world questions: the
-student pool (:func:`zephyr.toy.default_pool`) answers, the verifier judge writes UltraFeedback ratings
-(:func:`zephyr.feedback.complete.collect_feedback`) and :func:`zephyr.feedback.binarize.binarize` picks chosen =
-best mean rating and rejected = a random other completion, as the paper did. The pairs are cached as jsonl.
+The embedded default (``conf/data/toy_prefs.yaml``) hands the module its rows as ``toy``, a callable that Hydra
+builds by ``_target_`` (:func:`zephyr.toy.pairs.preference_rows`: the feedback pipeline on toy-world questions);
+this package imports nothing from the toy world.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,51 +38,10 @@ from zephyr.data.io import DataError, RowReport
 from zephyr.data.module import ChatDataModule
 from zephyr.data.preference import tokenize_pair, validate_pair
 from zephyr.data.prefix_share import collate_pairs_prefix_shared
-from zephyr.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("concat", "prefix_shared")
-TOY_FEEDBACK_VERSION = 1  # bump when the toy pair recipe below changes, so old cached pairs are not reused
-
-
-def toy_preference_rows(n: int, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """The built-in toy-world preference pairs, made by the feedback pipeline and cached as jsonl.
-
-    ``n`` toy questions (train split) are answered by 4 of the 5 rule-based students, rated by the verifier judge
-    on UltraFeedback's four aspects and binarized (chosen = highest mean rating, rejected = random other, ties
-    dropped), so there are fewer pairs than questions (about 3 in 4).
-
-    Args:
-        n: toy questions to collect feedback on.
-        seed: seed of the questions, the student pool, the judge and the binarization.
-        cache_dir: folder for ``toy_prefs/`` (``None``: a temporary folder, nothing kept).
-
-    Returns:
-        Rows in the ``ultrafeedback_binarized`` schema.
-    """
-    from zephyr.feedback.binarize import binarize
-    from zephyr.feedback.complete import FeedbackConfig, collect_feedback, load_prompts
-    from zephyr.feedback.store import read_jsonl
-    from zephyr.toy import VerifierJudge, default_pool
-
-    name = f"toy_prefs_v{TOY_FEEDBACK_VERSION}_n{n}_seed{seed}.jsonl"
-    target = Path(cache_dir) / "toy_prefs" / name if cache_dir else None
-    if target is not None and target.is_file():
-        return read_jsonl(target)
-    prompts = load_prompts({"source": "toy_tasks", "n": n, "seed": seed + 1, "split": "train"})
-    fcfg = FeedbackConfig.from_config(
-        models_per_prompt=4, seed=seed, workers=1, critique=False, world_knowledge=False, progress=False
-    )
-    with tempfile.TemporaryDirectory(prefix="toy_feedback_") as work:
-        collect_feedback(prompts, default_pool(seed), VerifierJudge(seed=seed), work, fcfg)
-        pairs, report = binarize(read_jsonl(Path(work) / "ultrafeedback.jsonl"), seed=seed)
-    log.info("toy preference pairs: %d from %d questions (%d ties dropped)", len(pairs), n, report["ties_dropped"])
-    if target is not None:
-        # tmp + rename: two sweep jobs building the same file at once both write complete, identical files
-        with atomic_open(target) as f:
-            f.write("".join(json.dumps(p) + "\n" for p in pairs))
-    return pairs
 
 
 def collate_pairs(items: list[dict[str, Any]], pad_id: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
@@ -149,10 +104,9 @@ class PreferenceDataModule(ChatDataModule):
         max_length: longest prompt + completion (the recipe: 1024).
         max_prompt_length: longest prompt after left truncation (the recipe: 512).
         insert_empty_system: prepend an empty system turn to prompts without one (the recipe's choice).
-        cache_dir: where the built-in toy pairs are cached (``None``: rebuilt each run).
         layout: ``prefix_shared`` (one row per pair, each prompt run once) or ``concat`` (2B rows); see above.
         **kwargs: see :class:`zephyr.data.module.ChatDataModule` (``path``, ``name``, ``split``, ``eval_split``,
-            ``eval_size``, ``batch_size`` in pairs, ``on_bad_row``, ``toy: {n, seed}``, ...).
+            ``eval_size``, ``batch_size`` in pairs, ``on_bad_row``, ``toy`` (the built-in rows), ...).
     """
 
     kind = "preference"
@@ -164,7 +118,6 @@ class PreferenceDataModule(ChatDataModule):
         max_length: int = 1024,
         max_prompt_length: int = 512,
         insert_empty_system: bool = True,
-        cache_dir: str | None = None,
         layout: str = "prefix_shared",
         **kwargs: Any,
     ):
@@ -177,11 +130,7 @@ class PreferenceDataModule(ChatDataModule):
         super().__init__(tokenizer, max_length=max_length, **kwargs)
         self.max_prompt_length = max_prompt_length
         self.insert_empty_system = insert_empty_system
-        self.cache_dir = cache_dir
         self.layout = layout
-
-    def builtin_rows(self) -> list[dict[str, Any]]:
-        return toy_preference_rows(int(self.toy["n"]), int(self.toy.get("seed", 0)), self.cache_dir)
 
     def validate_row(self, row: dict[str, Any]) -> None:
         validate_pair(row)
@@ -235,5 +184,4 @@ __all__ = [
     "collate_pairs",
     "collate_pairs_shared",
     "examples_fingerprint",
-    "toy_preference_rows",
 ]

@@ -60,7 +60,7 @@ def test_limits_are_checked(tok, tmp_path):
 
 def test_toy_pairs_come_from_the_feedback_pipeline_and_are_cached(tmp_path):
     from zephyr.data.preference import validate_pair
-    from zephyr.data.preference_module import toy_preference_rows
+    from zephyr.toy.pairs import preference_rows as toy_preference_rows
 
     rows = toy_preference_rows(24, seed=0, cache_dir=tmp_path)
     assert 8 <= len(rows) <= 24  # ties are dropped
