@@ -11,6 +11,11 @@ with ``LlamaTokenizer.from_pretrained(..., legacy=True)`` and saving it works.
 published Zephyr token streams (49 ids for the reference conversation instead of 46). transformers does not
 write ``legacy`` into ``tokenizer_config.json`` by itself; we do, so a reload (and ``pipeline(model=DIR)``)
 tokenizes the same way.
+
+Any other checkpoint (Llama, Qwen2, Gemma2, ...) brings its own tokenizer, loaded as it is: its chat template,
+BOS (or none: Qwen2 adds no BOS and gets none) and special tokens are kept, so training, ``zephyr serve`` and
+``zephyr generate`` all render and tokenize with the same files. Only a tokenizer without a chat template gets
+Zephyr's, and only one without a pad token gets ``pad = eos``.
 """
 
 from __future__ import annotations
@@ -93,6 +98,9 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, *, chat_templa
     Returns:
         A transformers tokenizer with ``bos=<s>`` (1), ``eos=</s>`` (2) for Mistral, and ``pad = eos`` when
         the tokenizer has no pad token (the recipe's choice; attention masks and label masks do the rest).
+
+    Raises:
+        ValueError: the tokenizer has neither a pad nor an eos token (naming it): nothing can end a turn.
     """
     if name_or_path is None or str(name_or_path) in ("embedded", EMBEDDED_NAME):
         target = cache_dir() / f"tokenizer-mistral-v1-{MISTRAL_V1_MD5[:8]}"
@@ -109,5 +117,10 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, *, chat_templa
     elif not getattr(tok, "chat_template", None):
         tok.chat_template = ZEPHYR_CHAT_TEMPLATE
     if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(
+                f"tokenizer {name_or_path or EMBEDDED_NAME}: no eos_token (and no pad_token); "
+                "a chat model needs one to end a turn (set eos_token in its tokenizer_config.json)"
+            )
         tok.pad_token = tok.eos_token
     return tok

@@ -11,7 +11,10 @@ padding) and an explicit 4-D attention mask makes the result identical to two se
 
 Position ids continue from the prompt's end for both completions (rejected restarts at ``len(prompt)``).
 transformers' packed-sequence detection only understands position ids that restart at 0, so the mask must be
-given explicitly; transformers 5 passes a 4-D ``attention_mask`` to the attention kernel unchanged.
+given explicitly; transformers 5 passes a 4-D ``attention_mask`` to the attention kernel unchanged. SDPA reads
+a boolean mask; the ``eager`` kernel (every family's fallback, and Gemma2's only one) *adds* the mask to the
+scores, so :func:`mask_for_kernel` turns it into 0 / dtype-min first (a boolean mask added there is silently
+wrong: True adds 1).
 
 Scoring needs two target maps, because the prompt's last position predicts both ``chosen[0]`` and
 ``rejected[0]``: ``chosen_targets[b, t]`` is the chosen token predicted by the hidden state at ``t`` (else
@@ -39,6 +42,20 @@ def segment_mask(segments: torch.Tensor) -> torch.Tensor:
     T = segments.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
     return ((same | completion_sees_prompt) & causal).unsqueeze(1)
+
+
+def mask_for_kernel(mask: torch.Tensor, attn_implementation: str | None, dtype: torch.dtype) -> torch.Tensor:
+    """``mask`` as the attention kernel reads it: boolean for SDPA, additive ``0`` / ``finfo(dtype).min`` for eager.
+
+    Args:
+        mask: ``(B, 1, T, T)`` boolean mask of :func:`segment_mask` (True = may attend).
+        attn_implementation: the model's ``config._attn_implementation``.
+        dtype: the model's floating dtype (the scores' dtype in the eager kernel).
+    """
+    if attn_implementation != "eager" or mask.dtype != torch.bool:
+        return mask
+    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return additive.masked_fill(~mask, torch.finfo(dtype).min)
 
 
 def collate_pairs_prefix_shared(

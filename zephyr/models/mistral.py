@@ -1,10 +1,13 @@
-"""Build the Mistral policy: a random-init model from config dims, or ``from_pretrained`` of a checkpoint.
+"""Build the policy: a random-init model from config dims, or ``from_pretrained`` of any causal-LM checkpoint.
 
 ``model=tiny_mistral`` is Mistral-7B's architecture (RMSNorm, SwiGLU, GQA, RoPE, sliding window) at small
 dims, randomly initialised from a fixed seed, so it runs on a laptop CPU. ``model=mistral_7b`` loads
 ``mistralai/Mistral-7B-v0.1`` by hub name, and ``model.path=DIR`` starts from any local HF checkpoint (the
-dSFT export, for DPO). The attention kernel comes from ``hardware``: FlashAttention-2 falls back to SDPA with
-one warning when flash-attn or CUDA is missing.
+dSFT export, for DPO); any family ``AutoModelForCausalLM`` knows (Llama, Mistral, Qwen2, Gemma2, ...) loads
+that way, and ``model.config.model_type`` picks the family of a random-init model (default Mistral). The
+attention kernel comes from ``hardware`` and is a preference: FlashAttention-2 falls back to SDPA with one
+warning when flash-attn or CUDA is missing, and a family that does not support the kernel asked for (Gemma2
+and SDPA) gets ``eager`` with one warning (:func:`family_attn_implementation`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,49 @@ def resolve_attn_implementation(requested: str | None) -> str:
     return requested
 
 
+# the class flag transformers checks before it accepts each attention kernel
+_KERNEL_FLAGS = {
+    "sdpa": "_supports_sdpa",
+    "flash_attention_2": "_supports_flash_attn",
+    "flash_attention_3": "_supports_flash_attn",
+    "flex_attention": "_supports_flex_attn",
+}
+
+
+def family_attn_implementation(model_class: type | None, requested: str) -> str:
+    """The kernel ``model_class`` can run: ``requested`` if the family supports it, else ``eager`` (one warning).
+
+    Args:
+        model_class: the ``*ForCausalLM`` class that will be built (``None``: unknown, ``requested`` is kept).
+        requested: a kernel from :func:`resolve_attn_implementation`.
+    """
+    flag = _KERNEL_FLAGS.get(requested)
+    if model_class is None or flag is None or getattr(model_class, flag, True):
+        return requested
+    log.warning(
+        "%s does not support attn_implementation=%s (hardware.attn_implementation); using eager",
+        model_class.__name__,
+        requested,
+    )
+    return "eager"
+
+
+def causal_lm_class(config: Any) -> type | None:
+    """The ``AutoModelForCausalLM`` class for a ``PretrainedConfig`` (``None`` when the family is not registered)."""
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        return None
+
+
+def _checkpoint_class(path: str, revision: str | None) -> type | None:
+    """The class ``from_pretrained(path)`` will build, read from its ``config.json`` (``None`` if unreadable here)."""
+    try:
+        return causal_lm_class(AutoConfig.from_pretrained(path, revision=revision))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _is_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or os.path.exists(path)
 
@@ -70,7 +117,8 @@ def build_model(
 
     Args:
         path: a local HF checkpoint directory or a hub name; ``None`` builds a random-init Mistral from ``config``.
-        config: ``MistralConfig`` keyword arguments for random init (ignored when ``path`` is set).
+        config: ``MistralConfig`` keyword arguments for random init (ignored when ``path`` is set); with a
+            ``model_type`` key (``llama``, ``qwen2``, ``gemma2``...) that family's config instead.
         dtype: weight dtype; keep ``float32`` with ``bf16-mixed`` precision (master weights in fp32).
         attn_implementation: see :func:`resolve_attn_implementation`.
         init_seed: seed for random init, so the same config gives the same weights on every run.
@@ -80,7 +128,8 @@ def build_model(
         **unused: other keys of the model config group (tokenizer, name) that are not for this function.
 
     Returns:
-        A ``MistralForCausalLM`` (or whatever architecture the checkpoint declares) in train mode.
+        A ``MistralForCausalLM`` (or whatever architecture the checkpoint or ``model_type`` declares) in train
+        mode.
 
     Raises:
         FileNotFoundError: ``path`` looks local but has no ``config.json``.
@@ -97,6 +146,7 @@ def build_model(
                 raise FileNotFoundError(f"model.path={path}: no config.json there (expected an exported HF checkpoint)")
             path = str(expanded)
         quantized = {"quantization_config": quantization_config, "device_map": {"": _kbit_device()}}
+        attn = family_attn_implementation(_checkpoint_class(path, revision), attn)
         model = AutoModelForCausalLM.from_pretrained(
             path,
             revision=revision,
@@ -107,11 +157,22 @@ def build_model(
     else:
         if not config:
             raise ValueError("model.config is required when model.path is null (random init)")
-        mcfg = MistralConfig(**dict(config))
-        mcfg._attn_implementation = attn
+        kwargs = dict(config)
+        model_type = kwargs.pop("model_type", None)
+        if model_type is None:
+            mcfg, model_class = MistralConfig(**kwargs), MistralForCausalLM
+        else:
+            try:
+                mcfg = AutoConfig.for_model(str(model_type), **kwargs)
+            except ValueError as e:
+                raise ValueError(f"model.config.model_type={model_type!r}: {e}") from None
+            model_class = causal_lm_class(mcfg)
+            if model_class is None:
+                raise ValueError(f"model.config.model_type={model_type!r} is not a causal-LM family of transformers")
+        mcfg._attn_implementation = family_attn_implementation(model_class, attn)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
-            model = MistralForCausalLM(mcfg)
+            model = model_class(mcfg)
         model = model.to(torch_dtype)
     if model.generation_config is not None:
         model.generation_config.pad_token_id = model.config.eos_token_id

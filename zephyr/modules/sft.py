@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from zephyr.modules.base import ZephyrModule
+from zephyr.objectives.logprobs import logit_softcap
 from zephyr.objectives.sft import sft_loss, sft_loss_from_hidden
 
 
@@ -28,7 +29,12 @@ class SFTModule(ZephyrModule):
             hidden = self.hidden_states(batch["input_ids"], batch["position_ids"])
             head = self.model.get_output_embeddings()
             return sft_loss_from_hidden(
-                hidden, head.weight, batch["labels"], lm_head_bias=head.bias, chunk_size=self.loss_chunk_size
+                hidden,
+                head.weight,
+                batch["labels"],
+                lm_head_bias=head.bias,
+                chunk_size=self.loss_chunk_size,
+                softcap=logit_softcap(self.model),
             )
         return sft_loss(self.logits(batch["input_ids"], batch["position_ids"]), batch["labels"])
 

@@ -13,6 +13,10 @@ Two routes give the same numbers:
 Both use the usual one-token shift: ``logits[:, t]`` predicts ``labels[:, t + 1]``, so the first label is never
 scored and the last position's prediction is dropped. Labels equal to ``ignore_index`` (prompt, padding) do
 not count. A row with no counted token gets log-prob 0 and, when averaging, 0 rather than NaN.
+
+Families that soft-cap their logits (Gemma2's ``final_logit_softcapping``: ``cap * tanh(logits / cap)`` after
+the head) pass ``softcap`` (:func:`logit_softcap` reads it from the model), and the chunked projection applies
+it to each block exactly as the model's forward does, so both routes still give the same numbers.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ __all__ = [
     "SequenceLogps",
     "completion_logits_sum",
     "completion_logps",
+    "logit_softcap",
     "masked_logits_mean",
     "token_logps_from_hidden",
 ]
@@ -110,6 +115,16 @@ def masked_logits_mean(logits_sum: torch.Tensor, token_counts: torch.Tensor, voc
     return logits_sum.detach().float().sum() / total.clamp(min=1)
 
 
+def logit_softcap(model: torch.nn.Module) -> float | None:
+    """The model's final-logit soft-cap (Gemma2 ``final_logit_softcapping``), or ``None`` (most families).
+
+    A PEFT model is looked through (its wrapped model's config).
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cap = getattr(getattr(inner, "config", None), "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
 class SequenceLogps(NamedTuple):
     """Output of :func:`token_logps_from_hidden`; all ``(B,)``.
 
@@ -126,12 +141,19 @@ class SequenceLogps(NamedTuple):
 
 
 def _chunk_logps(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of ``targets`` and the logit sum for ``(N, H)`` hidden rows; builds one ``(N, V)`` block."""
     # Project in the model's dtype (what the LM head would do), then upcast: the same numbers as running the
     # head and casting the logits to fp32 as TRL does.
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()  # (N, V)
+    logits = torch.nn.functional.linear(hidden, weight, bias)  # (N, V)
+    if softcap is not None:  # as the model's forward does it, in the model's dtype
+        logits = torch.tanh(logits / softcap) * softcap
+    logits = logits.float()
     target_logits = logits.gather(1, targets.unsqueeze(1)).squeeze(1)  # (N,)
     token_logps = target_logits - torch.logsumexp(logits, dim=-1)  # (N,)
     return token_logps, logits.detach().sum(-1)
@@ -146,6 +168,7 @@ def token_logps_from_hidden(
     ignore_index: int = -100,
     chunk_size: int = 1024,
     average: bool = False,
+    softcap: float | None = None,
 ) -> SequenceLogps:
     """Completion log-probs from hidden states, projecting onto the vocabulary only where labels count.
 
@@ -160,6 +183,7 @@ def token_logps_from_hidden(
         ignore_index: label value that is not scored.
         chunk_size: counted positions projected at once; lower it to save memory.
         average: return per-row means instead of sums (IPO); empty rows give 0.
+        softcap: final-logit soft-cap of the model (:func:`logit_softcap`; ``None``: none).
 
     Returns:
         :class:`SequenceLogps` with ``(B,)`` ``logps``, ``token_counts`` and ``logits_sum``.
@@ -185,7 +209,13 @@ def token_logps_from_hidden(
     use_checkpoint = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
     token_logps, logit_sums = [], []
     for start in range(0, selected.shape[0], chunk_size):
-        args = (selected[start : start + chunk_size], lm_head_weight, lm_head_bias, targets[start : start + chunk_size])
+        args = (
+            selected[start : start + chunk_size],
+            lm_head_weight,
+            lm_head_bias,
+            targets[start : start + chunk_size],
+            softcap,
+        )
         if use_checkpoint:
             # Recompute the (chunk, V) block in backward instead of keeping every block alive until then.
             lp, ls = checkpoint(_chunk_logps, *args, use_reentrant=False)

@@ -31,6 +31,7 @@ def prefix_shared_logps(
     ignore_index: int = -100,
     chunk_size: int = 1024,
     average: bool = False,
+    softcap: float | None = None,
 ) -> SequenceLogps:
     """Chosen and rejected completion log-probs from one prefix-shared forward.
 
@@ -43,6 +44,7 @@ def prefix_shared_logps(
         ignore_index: the "no target" value.
         chunk_size: counted positions projected at once.
         average: per-row means instead of sums (IPO).
+        softcap: final-logit soft-cap (:func:`zephyr.objectives.logprobs.logit_softcap`).
 
     Returns:
         :class:`SequenceLogps` of ``(2B,)`` tensors, chosen rows first, equal to what
@@ -61,6 +63,7 @@ def prefix_shared_logps(
             ignore_index=ignore_index,
             chunk_size=chunk_size,
             average=average,
+            softcap=softcap,
         )
         for t in (chosen_targets, rejected_targets)
     ]

@@ -54,6 +54,7 @@ def sft_loss_from_hidden(
     lm_head_bias: torch.Tensor | None = None,
     ignore_index: int = -100,
     chunk_size: int = 1024,
+    softcap: float | None = None,
 ) -> SFTLoss:
     """Same loss as :func:`sft_loss`, computing the LM head only at counted positions, ``chunk_size`` at a time.
 
@@ -64,12 +65,19 @@ def sft_loss_from_hidden(
         lm_head_bias: optional ``(V,)`` bias.
         ignore_index: label value that is not scored.
         chunk_size: counted positions projected at once (peak extra memory ``chunk_size × V`` fp32).
+        softcap: final-logit soft-cap of the model (:func:`zephyr.objectives.logprobs.logit_softcap`).
 
     Returns:
         :class:`SFTLoss` ``(loss, num_tokens)``.
     """
     out = token_logps_from_hidden(
-        hidden, lm_head_weight, labels, lm_head_bias=lm_head_bias, ignore_index=ignore_index, chunk_size=chunk_size
+        hidden,
+        lm_head_weight,
+        labels,
+        lm_head_bias=lm_head_bias,
+        ignore_index=ignore_index,
+        chunk_size=chunk_size,
+        softcap=softcap,
     )
     num_tokens = out.token_counts.sum()
     return SFTLoss(-out.logps.sum() / num_tokens.clamp(min=1), num_tokens)

@@ -21,11 +21,21 @@ layer's input (``2·s·b·h`` per layer) plus one layer being recomputed. The lo
 :func:`zephyr.scale.plan.prepare`). DPO doubles the rows (chosen and
 rejected go through together) and a live reference model adds its unsharded weights. Framework overhead
 (CUDA context ~0.5-1 GB, allocator fragmentation, communication buckets) is not included: keep ~10 % headroom.
+
+The model is the checkpoint's own when ``model.path`` is a local checkpoint: its ``config.json`` is built on
+the meta device (no weights read) and its parameters counted exactly, whatever the family (tied embeddings,
+attention biases, extra norms); otherwise ``model.config``'s dims. With ``adapter=lora`` / ``adapter=qlora``
+only the LoRA matrices (``r·(in + out)`` per targeted linear layer, plus ``modules_to_save`` copies) have
+gradients and Adam states; the frozen base is weights only, 4-bit NF4 for QLoRA's decoder linears (0.5 B per
+weight plus ~0.127 bit of double-quantized scales), and the dDPO reference is that same base with the adapters
+disabled (no second copy).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 GB = 1e9
 STRATEGY_ROWS = ("auto", "ddp", "fsdp", "deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_3_offload")
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
+NF4_BYTES = 0.5 + 0.127 / 8  # a 4-bit weight plus its double-quantized block scale (QLoRA paper, §2)
 
 
 def count_parameters(model_config: dict[str, Any]) -> int:
@@ -122,6 +133,7 @@ def estimate(
     fsdp_full_shard: bool = True,
     precision: str = "bf16-mixed",
     layer_params: int = 0,
+    frozen_bytes: float = 0.0,
 ) -> MemoryEstimate:
     """Per-device memory of one strategy.
 
@@ -135,6 +147,8 @@ def estimate(
         fsdp_full_shard: ``FULL_SHARD`` (else ``SHARD_GRAD_OP``: parameters replicated).
         precision: ``hardware.precision`` (DeepSpeed uses 16-bit weights unless ``32``).
         layer_params: parameters of one decoder layer (the working set gathered under parameter offload).
+        frozen_bytes: weights without gradients or optimizer states (an adapter run's base), sharded where the
+            strategy shards parameters.
 
     Raises:
         ValueError: unknown ``strategy``.
@@ -143,7 +157,7 @@ def estimate(
     if strategy in ("auto", "ddp", "fsdp"):
         w = float(weight_bytes)
         shard = n if strategy == "fsdp" else 1
-        params = p * w / (shard if fsdp_full_shard else 1)
+        params = (p * w + frozen_bytes) / (shard if fsdp_full_shard else 1)
         return MemoryEstimate(strategy, params, p * w / shard, 2 * p * w / shard, activations + reference_bytes)
     if not strategy.startswith("deepspeed_stage_"):
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGY_ROWS}")
@@ -151,13 +165,95 @@ def estimate(
     opt = 12.0 if half == 2.0 else 8.0  # fp32 master copy only exists with 16-bit training weights
     acts = activations + reference_bytes
     if strategy == "deepspeed_stage_2":
-        return MemoryEstimate(strategy, p * half, p * half / n, p * opt / n, acts)
+        return MemoryEstimate(strategy, p * half + frozen_bytes, p * half / n, p * opt / n, acts)
     if strategy == "deepspeed_stage_3":
-        return MemoryEstimate(strategy, p * half / n, p * half / n, p * opt / n, acts)
+        return MemoryEstimate(strategy, (p * half + frozen_bytes) / n, p * half / n, p * opt / n, acts)
     if strategy == "deepspeed_stage_3_offload":
         working = 2 * layer_params * half  # about two gathered decoder layers (current + prefetched)
-        return MemoryEstimate(strategy, working, 0.0, 0.0, acts, host=p * (2 * half + opt) / n)
+        return MemoryEstimate(strategy, working, 0.0, 0.0, acts, host=(p * (2 * half + opt) + frozen_bytes) / n)
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGY_ROWS}")
+
+
+def checkpoint_config(cfg: DictConfig) -> dict[str, Any] | None:
+    """The ``config.json`` of a local ``model.path`` checkpoint, or ``None`` (random init, or a hub name).
+
+    Raises:
+        ValueError: the file exists but is not JSON (naming it).
+    """
+    path = cfg.model.get("path")
+    if not path:
+        return None
+    file = Path(str(path)).expanduser() / "config.json"
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"model.path={path}: unreadable config.json ({e})") from None
+
+
+def meta_model(model_config: dict[str, Any]):
+    """The causal LM of ``model_config`` (a ``config.json`` dict, or ``model.config`` keys) on the meta device.
+
+    No memory is allocated; ``model_type`` picks the family (default Mistral, as
+    :func:`zephyr.models.mistral.build_model`).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = {k: v for k, v in model_config.items() if k not in ("architectures", "transformers_version")}
+    hf_config = AutoConfig.for_model(str(kwargs.pop("model_type", "mistral")), **kwargs)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(hf_config)
+
+
+def lora_parameters(model, adapter: dict[str, Any]) -> int:
+    """Trainable parameters LoRA adds to ``model``: ``r·(in + out)`` per targeted linear, plus ``modules_to_save``.
+
+    Args:
+        model: the causal LM (a :func:`meta_model` is enough).
+        adapter: the ``adapter`` group (``r``, ``target_modules``: ``None`` for every linear layer of the
+            decoder blocks, ``modules_to_save``).
+    """
+    import torch
+
+    from zephyr.models.adapters import decoder_linear_names
+
+    r = int(adapter["r"])
+    targets = adapter.get("target_modules")
+    if targets is None or targets == "all-linear":
+        targets, root = decoder_linear_names(model), model.get_decoder()
+    else:
+        targets, root = [targets] if isinstance(targets, str) else list(targets), model
+    to_save = adapter.get("modules_to_save") or []
+    to_save = [to_save] if isinstance(to_save, str) else list(to_save)
+    total = 0
+    for name, module in root.named_modules():
+        short = name.rsplit(".", 1)[-1]
+        if isinstance(module, torch.nn.Linear) and short in targets:
+            total += r * (module.in_features + module.out_features)
+    for name, module in model.named_modules():
+        if name and name.rsplit(".", 1)[-1] in to_save:
+            total += sum(p.numel() for p in module.parameters())
+    return total
+
+
+def _quantized_weights(model) -> int:
+    """Weights bitsandbytes stores in 4 bit: every linear layer of the decoder blocks."""
+    import torch
+
+    return sum(m.weight.numel() for m in model.get_decoder().modules() if isinstance(m, torch.nn.Linear))
+
+
+def _unique_parameters(model) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _layer_parameters(c: dict[str, Any]) -> int:
+    h, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
+    kv = int(c.get("num_key_value_heads") or heads)
+    d = int(c.get("head_dim") or h // heads)
+    return 2 * h * heads * d + 2 * h * kv * d + 3 * h * int(c["intermediate_size"]) + 2 * h
 
 
 def estimates_for_config(cfg: DictConfig, plan: Any = None) -> tuple[list[MemoryEstimate], dict[str, Any]]:
@@ -173,14 +269,30 @@ def estimates_for_config(cfg: DictConfig, plan: Any = None) -> tuple[list[Memory
     from zephyr.scale.plan import launch_plan
 
     plan = plan or launch_plan(cfg, check=False)
-
-    mcfg = OmegaConf.to_container(cfg.model.config, resolve=True)
-    n_params = count_parameters(mcfg)
-    h, layers, heads = int(mcfg["hidden_size"]), int(mcfg["num_hidden_layers"]), int(mcfg["num_attention_heads"])
-    kv = int(mcfg.get("num_key_value_heads") or heads)
-    d = h // heads
-    layer_params = 2 * h * heads * d + 2 * h * kv * d + 3 * h * int(mcfg["intermediate_size"]) + 2 * h
+    ckpt = checkpoint_config(cfg)
+    source = "checkpoint" if ckpt is not None else "model.config"
+    mcfg = ckpt if ckpt is not None else OmegaConf.to_container(cfg.model.config, resolve=True)
+    mcfg = mcfg.get("text_config") or mcfg  # multimodal configs keep the decoder's dims there
+    adapter = cfg.get("adapter")
+    adapter = OmegaConf.to_container(adapter, resolve=True) if adapter is not None else {}
+    adapter_name = str(adapter.get("name", "none"))
+    model = meta_model(mcfg) if (ckpt is not None or adapter_name in ("lora", "qlora")) else None
+    n_params = _unique_parameters(model) if ckpt is not None else count_parameters(mcfg)
+    h, layers = int(mcfg["hidden_size"]), int(mcfg["num_hidden_layers"])
+    if ckpt is not None:
+        decoder_layers = model.get_decoder().layers
+        layer_params = sum(p.numel() for p in decoder_layers[0].parameters())
+    else:
+        layer_params = _layer_parameters(mcfg)
     w = DTYPE_BYTES.get(str(cfg.model.get("dtype", "float32")), 4)
+    trainable, frozen_bytes = n_params, 0.0
+    if adapter_name in ("lora", "qlora"):
+        trainable = lora_parameters(model, adapter)
+        if adapter_name == "qlora":
+            quantized = _quantized_weights(model)
+            frozen_bytes = quantized * NF4_BYTES + (n_params - quantized) * 2  # the rest in bf16
+        else:
+            frozen_bytes = float(n_params * w)
     precision = str(cfg.hardware.get("precision", "32-true"))
     act_bytes = 2 if (precision.startswith(("bf16", "16")) or w == 2) else 4
     objective = str(cfg.objective.get("_target_", "")).rsplit(".", 1)[-1]
@@ -202,17 +314,16 @@ def estimates_for_config(cfg: DictConfig, plan: Any = None) -> tuple[list[Memory
     # ZeRO-3 runs turn the chunked loss off (zephyr.scale.plan.prepare): full logits there
     acts_zero3 = activation_bytes(chunked_loss=False, **act_kwargs)
     ref_mode = str((cfg.objective.get("reference") or {}).get("mode", "cache")) if is_dpo else "none"
-    reference = n_params * w if ref_mode == "live" else 0.0
+    # with adapters the reference is the policy's own base with the adapters disabled: no second copy
+    reference = n_params * w if ref_mode == "live" and adapter_name not in ("lora", "qlora") else 0.0
     n = plan.world_size
     full_shard = (
-        str(cfg.strategy.get("sharding_strategy", "FULL_SHARD")) == "FULL_SHARD"
-        if plan.strategy == "fsdp"
-        else True
+        str(cfg.strategy.get("sharding_strategy", "FULL_SHARD")) == "FULL_SHARD" if plan.strategy == "fsdp" else True
     )
     out = [
         estimate(
             s,
-            n_params=n_params,
+            n_params=trainable,
             world_size=n,
             weight_bytes=w,
             activations=acts_zero3 if s.startswith("deepspeed_stage_3") else acts,
@@ -220,11 +331,15 @@ def estimates_for_config(cfg: DictConfig, plan: Any = None) -> tuple[list[Memory
             fsdp_full_shard=full_shard,
             precision=precision,
             layer_params=layer_params,
+            frozen_bytes=frozen_bytes,
         )
         for s in STRATEGY_ROWS
     ]
     facts = {
         "n_params": n_params,
+        "trainable_params": trainable,
+        "adapter": adapter_name,
+        "model_source": source,
         "world_size": n,
         "micro_batch_size": rows,
         "seq_len": seq,
@@ -242,8 +357,16 @@ def render_table(rows: list[MemoryEstimate], facts: dict[str, Any], selected: st
     from rich.table import Table
 
     cap = facts.get("device_memory_gb")
+    adapter = facts.get("adapter", "none")
+    trainable = (
+        f" ({facts['trainable_params'] / 1e6:.2f} M trainable, {adapter}"
+        + (", 4-bit base)" if adapter == "qlora" else ")")
+        if adapter in ("lora", "qlora")
+        else ""
+    )
     title = (
-        f"Per-device memory estimate: {facts['n_params'] / 1e9:.2f} B params, {facts['world_size']} device(s), "
+        f"Per-device memory estimate: {facts['n_params'] / 1e9:.2f} B params{trainable}, "
+        f"{facts['world_size']} device(s), "
         f"micro-batch {facts['micro_batch_size']} x {facts['seq_len']} tokens"
         + (f", {cap} GB per device" if cap else "")
     )
