@@ -6,7 +6,7 @@ completions ~100, as in the environment note's TRL measurement), fp32, AdamW at 
 
 TRL keeps a live reference model (a second copy of the initial weights) and runs it on every step, as the
 handbook does. Zephyr's default is the reference log-prob cache: one no-grad pass over the data before
-training (:meth:`zephyr.modules.dpo.DPOModule.prepare_reference`). That pass is timed and charged to the
+training (:meth:`zephyr.modules.reference.Reference.prepare`). That pass is timed and charged to the
 measured steps pro rata (``ref_fill_s × measured pairs / all pairs``), so ``tokens_per_s`` is the cost of a
 single run including its reference; ``cached_tokens_per_s`` is the rate once the cache is warm (every later run
 and sweep point on the same data and weights).
@@ -58,7 +58,7 @@ def zephyr_dpo_fit(tok, p: dict[str, Any], data_path: Path, cache_dir: Path, *, 
 
     from zephyr.data.preference_module import PreferenceDataModule
     from zephyr.modules.dpo import DPOModule
-    from zephyr.modules.reference import state_dict_fingerprint
+    from zephyr.modules.reference import Reference
 
     dm = PreferenceDataModule(
         tok,
@@ -77,18 +77,17 @@ def zephyr_dpo_fit(tok, p: dict[str, Any], data_path: Path, cache_dir: Path, *, 
         {"name": "constant", "warmup_ratio": 0.0},
         beta=beta,
         loss_type="sigmoid",
-        reference={"mode": p.get("reference", "cache"), "cache_dir": str(cache_dir), "batch_size": 16},
+        reference=partial(
+            Reference,
+            mode=p.get("reference", "cache"),
+            cache_dir=str(cache_dir),
+            batch_size=16,
+            model=lambda: build_policy(p["model_config"]),  # random init: weights keyed by the state dict
+        ),
         chunked_loss=p.get("chunked_loss", True),
     )
-    module.configure_reference(
-        load_model=lambda: build_policy(p["model_config"]),
-        weights_fingerprint=state_dict_fingerprint(model),
-        tokenizer=tok,
-        datamodule=dm,
-        cache_dir=str(cache_dir),
-    )
     started = time.perf_counter()
-    module.prepare_reference()  # cache mode: fills (or loads) the table; live mode: builds the frozen copy
+    module.prepare_reference(dm)  # cache mode: fills (or loads) the table; live mode: builds the frozen copy
     fill_s = time.perf_counter() - started
 
     class Clock(pl.Callback):
@@ -158,9 +157,8 @@ def run_zephyr_layout(p: dict[str, Any]) -> dict[str, Any]:
     from zephyr.data.preference import tokenize_pair
     from zephyr.data.preference_module import collate_pairs
     from zephyr.data.prefix_share import collate_pairs_prefix_shared
-    from zephyr.modules.reference import pair_logps
+    from zephyr.modules.pair_forward import pair_logps
     from zephyr.objectives.dpo import preference_loss
-    from zephyr.objectives.prefix_share import prefix_shared_logps
     from zephyr.tokenizer import load_tokenizer
 
     if p["layout"] not in ("concat", "prefix"):
@@ -179,7 +177,6 @@ def run_zephyr_layout(p: dict[str, Any]) -> dict[str, Any]:
             }
         )
     model = build_policy(p["model_config"])
-    head = model.get_output_embeddings()
     bs = p["batch_size"]
     batches = [items[k : k + bs] for k in range(0, len(items), bs)]
 
@@ -188,14 +185,7 @@ def run_zephyr_layout(p: dict[str, Any]) -> dict[str, Any]:
             batch = collate_pairs(group, pad_id=tok.pad_token_id)
             return pair_logps(model, batch).logps, int(batch["num_tokens"])
         batch = collate_pairs_prefix_shared(group, pad_id=tok.pad_token_id)
-        hidden = model.base_model(
-            input_ids=batch["input_ids"],
-            position_ids=batch["position_ids"],
-            attention_mask=batch["attention_mask"],
-            use_cache=False,
-        ).last_hidden_state
-        out = prefix_shared_logps(hidden, head.weight, batch["chosen_targets"], batch["rejected_targets"])
-        return out.logps, int(batch["num_pair_tokens"])
+        return pair_logps(model, batch).logps, int(batch["num_pair_tokens"])
 
     with torch.no_grad():
         refs = [logps(g)[0] for g in batches]
