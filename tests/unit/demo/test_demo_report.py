@@ -128,3 +128,20 @@ def test_print_report_shows_families_in_80_columns():
     assert "dsft_compute_matched" in text and "conversion" in text  # names whole, headers folded at "_"
     assert "0.450 ± 0.000" in text and "0.650" in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+@pytest.mark.parametrize("insert_empty_system", [True, False])
+def test_demo_evaluation_answers_through_the_generation_engine(tokenizer, tiny_model, insert_empty_system):
+    from omegaconf import OmegaConf
+
+    from zephyr.demo import evaluate
+    from zephyr.generation import Generator, GeneratorBackend
+    from zephyr.toy.tasks import sample_tasks
+
+    tasks = sample_tasks(5, 0, split="heldout")
+    settings = OmegaConf.create({"eval": {"max_new_tokens": 6, "batch_size": 2}})
+    got = evaluate(tiny_model, tokenizer, tasks, settings, insert_empty_system=insert_empty_system)
+    engine = GeneratorBackend(Generator(tiny_model, tokenizer, insert_empty_system=insert_empty_system), batch_size=2)
+    want = engine.chat_batch([[{"role": "user", "content": t.question}] for t in tasks], temperature=0.0, max_tokens=6)
+    assert [e["answer"] for e in got["examples"]] == [r.texts[0] for r in want]
+    assert got["accuracy"] == 0.0 and set(got["by_family"]) == {t.family for t in tasks}

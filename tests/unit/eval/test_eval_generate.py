@@ -1,4 +1,4 @@
-"""Generation core: streaming == non-streaming, stop strings, left-padded batches, jsonl resume."""
+"""The generation engine: streaming == non-streaming, stop strings, length-sorted batches, n choices, jsonl resume."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import json
 import pytest
 
 from tests.conftest import TINY_CONFIG
-from zephyr.generation import Generator, GeneratorBackend, StreamState, _held_back, generate_file, input_conversation
+from zephyr.generation import (
+    Generator,
+    GeneratorBackend,
+    StreamState,
+    _held_back,
+    choice_seeds,
+    generate_file,
+    input_conversation,
+)
 
 MSGS = [{"role": "user", "content": "Hello there"}]
 
@@ -88,3 +96,43 @@ def test_input_rows_are_checked():
         input_conversation(
             {"messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]}, "f.jsonl:1"
         )
+
+
+CONVS = [
+    [{"role": "user", "content": "A much longer question that needs several more tokens to say, twice over"}],
+    MSGS,
+    [{"role": "user", "content": "A question of middling length here"}],
+    [{"role": "user", "content": "Hi"}],
+]
+
+
+def test_batches_are_length_sorted_chunks_answered_in_input_order(gen, monkeypatch):
+    widths = []
+    real = gen.model.generate
+
+    def spy(**kw):
+        widths.append(kw["attention_mask"].sum(dim=1).tolist())  # real prompt tokens per row of the chunk
+        return real(**kw)
+
+    monkeypatch.setattr(gen.model, "generate", spy)
+    got = gen.generate_batch(CONVS, max_tokens=6, batch_size=2)
+    lengths = sorted(len(gen.prompt_ids(c)) for c in CONVS)
+    assert widths == [lengths[:2], lengths[2:]]  # the two shortest prompts share the first chunk
+    monkeypatch.undo()
+    assert [c.text for c in got] == [gen.complete(c, max_tokens=6)[0].text for c in CONVS]
+    assert [c.prompt_tokens for c in got] == [len(gen.prompt_ids(c)) for c in CONVS]
+
+
+def test_one_n_choices_rule_choice_i_uses_seed_plus_i(gen):
+    assert choice_seeds(3, 5) == [5, 6, 7] and choice_seeds(2, None) == [None, None]
+    backend = GeneratorBackend(gen, batch_size=2)
+    many = backend.chat_batch(CONVS[:3], temperature=1.0, max_tokens=6, n=3, seed=5)
+    for i in range(3):
+        one = backend.chat_batch(CONVS[:3], temperature=1.0, max_tokens=6, n=1, seed=5 + i)
+        assert [r.texts[i] for r in many] == [r.texts[0] for r in one]
+    assert len({t for r in many for t in r.texts}) > 3  # different seeds, different samples
+    streamed = gen.complete(MSGS, temperature=1.0, max_tokens=6, n=2, seed=5)
+    assert streamed[1].text == gen.complete(MSGS, temperature=1.0, max_tokens=6, n=1, seed=6)[0].text
+    assert backend.chat(MSGS, temperature=1.0, max_tokens=6, seed=9).texts == [
+        r.texts[0] for r in backend.chat_batch([MSGS], temperature=1.0, max_tokens=6, seed=9)
+    ]
