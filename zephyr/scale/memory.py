@@ -352,6 +352,11 @@ def estimates_for_config(cfg: DictConfig, plan: Any = None) -> tuple[list[Memory
     return out, facts
 
 
+def _params_text(n: int) -> str:
+    """``7.24 B`` from 1e9 parameters up, ``135.0 M`` below (a small checkpoint is not "0.00 B")."""
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+
+
 def render_table(rows: list[MemoryEstimate], facts: dict[str, Any], selected: str | None = None):
     """A ``rich.table.Table`` of the estimates (GB = 1e9 bytes); ``selected`` marks the configured strategy."""
     from rich.table import Table
@@ -365,7 +370,7 @@ def render_table(rows: list[MemoryEstimate], facts: dict[str, Any], selected: st
         else ""
     )
     title = (
-        f"Per-device memory estimate: {facts['n_params'] / 1e9:.2f} B params{trainable}, "
+        f"Per-device memory estimate: {_params_text(facts['n_params'])} params{trainable}, "
         f"{facts['world_size']} device(s), "
         f"micro-batch {facts['micro_batch_size']} x {facts['seq_len']} tokens"
         + (f", {cap} GB per device" if cap else "")
