@@ -14,6 +14,7 @@ import logging
 
 import torch
 
+from zephyr.data.prefix_share import mask_for_kernel
 from zephyr.modules.base import lm_parts
 from zephyr.objectives.logprobs import (
     SequenceLogps,
@@ -99,7 +100,7 @@ def pair_logps(
         )
     inputs = {"input_ids": ids, "position_ids": pos, "use_cache": False}
     if shared:
-        inputs["attention_mask"] = batch["attention_mask"]
+        inputs["attention_mask"] = mask_for_kernel(batch["attention_mask"], _attn_implementation(model), model.dtype)
     if chunked:
         body, head = lm_parts(model)
         hidden = body(**inputs).last_hidden_state  # (rows, T, H)
