@@ -37,7 +37,8 @@ Names and definitions follow ``trl/trainer/dpo_trainer.py`` of TRL 1.16 (``DPOTr
 * ``sft``: the NLL term of RPO (Pang et al. 2024, arXiv 2404.19733; TRL's ``rpo_alpha`` became this term, and
   MPO = sigmoid + bco_pair + sft, Wang et al. 2024, arXiv 2411.10442). With ``chosen_token_counts`` (then
   ``policy_chosen_logps`` are sums) it is TRL's pooled token mean ``−Σ log π(y_w) / Σ |y_w|`` broadcast to
-  ``(B,)`` (:func:`rpo_nll` with ``token_mean=True``); without counts it is ``−policy_chosen_logps`` per row, so the
+  ``(B,)`` (:func:`rpo_nll` with ``token_mean=True``; ``sft_token_mean=False`` gives the paper's per-row mean
+  instead); without counts it is ``−policy_chosen_logps`` per row, so the
   caller passes **length-averaged** chosen log-probs (the paper's per-sequence mean).
 * ``sigmoid_norm``: length-normalised DPO (TRL; the normalisation of SimPO, Meng et al. 2024, arXiv 2405.14734,
   applied to DPO's log-ratios): ``−log σ(β(s(ρ_w)/|y_w| − s(ρ_l)/|y_l|))``.
@@ -223,6 +224,7 @@ def preference_loss(
     chosen_token_counts: torch.Tensor | None = None,
     rejected_token_counts: torch.Tensor | None = None,
     pair_weights: torch.Tensor | None = None,
+    sft_token_mean: bool = True,
 ) -> PreferenceLoss:
     """Per-example paired preference loss (any name of :data:`LOSS_TYPES`) and implicit rewards.
 
@@ -247,6 +249,9 @@ def preference_loss(
             ``ipo`` / ``sigmoid_norm`` take summed log-probs and normalise like TRL; ``sft`` needs only this one.
         rejected_token_counts: optional ``(B,)`` counts of the rejected rows.
         pair_weights: optional ``(B,)`` per-pair loss weights (WPO), applied as a constant.
+        sft_token_mean: for ``sft`` with ``chosen_token_counts``: ``True`` (TRL) pools tokens over the batch,
+            ``False`` takes the paper's mean over rows of ``−log π(y_w)/|y_w|`` (zephyr's ``rpo_alpha`` so far);
+            see :func:`rpo_nll`.
 
     Returns:
         :class:`PreferenceLoss` ``(losses, chosen_rewards, rejected_rewards)``, each ``(B,)``; rewards
@@ -325,7 +330,7 @@ def preference_loss(
         if chosen_token_counts is None:
             losses = -policy_chosen_logps
         else:
-            nll = rpo_nll(policy_chosen_logps, chosen_token_counts, token_mean=True)
+            nll = rpo_nll(policy_chosen_logps, chosen_token_counts, token_mean=sft_token_mean)
             losses = nll.expand(policy_chosen_logps.shape[0])
 
     if pair_weights is not None:

@@ -160,6 +160,11 @@ def test_sft_term_per_row_and_trl_token_mean(logps):
     assert_close(pooled.losses, t([1.875] * 3))
     pooled.losses.mean().backward()
     assert_close(pc.grad, t([-1 / 8] * 3))
+    # the paper's per-row mean (zephyr's rpo_alpha so far): mean(10/2, 5/5, 0/1) = 2
+    per_row = preference_loss(
+        *logps, beta=0.1, loss_type="sft", chosen_token_counts=torch.tensor([2, 5, 1]), sft_token_mean=False
+    )
+    assert_close(per_row.losses, t([2.0] * 3))
 
 
 def test_sigmoid_norm_and_ipo_with_token_counts(logps):
