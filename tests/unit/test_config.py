@@ -93,3 +93,67 @@ def test_redact_hides_secret_values_only():
     cfg = {"feedback": {"api_key": "sk-123", "api_key_env": None, "model": "gpt-4"}, "wandb_token": "t", "n": 3}
     out = redact(cfg)
     assert out == {"feedback": {"api_key": "***", "api_key_env": None, "model": "gpt-4"}, "wandb_token": "***", "n": 3}
+
+
+def test_zephyr_7b_dpo_keeps_global_batch_32_on_one_node(compose):
+    """Paper: global batch 32 (16 A100 x 2); on a100x8 the preset gets there by accumulating 2 micro-batches."""
+    from zephyr.scale.plan import launch_plan
+
+    paper = launch_plan(compose("+experiment=zephyr_7b_dpo"), check=False)
+    assert (paper.global_batch_size, paper.micro_batch_size, paper.accumulate, paper.world_size) == (32, 2, 1, 16)
+    node = launch_plan(compose("+experiment=zephyr_7b_dpo", "hardware=a100x8"), check=False)
+    assert (node.global_batch_size, node.micro_batch_size, node.accumulate, node.world_size) == (32, 2, 2, 8)
+
+
+def test_7b_presets_compose_the_same_way(compose):
+    """Both paper presets set the paper's hardware and strategy themselves, and their global batch."""
+    for name, global_batch in (("zephyr_7b_sft", 512), ("zephyr_7b_dpo", 32)):
+        cfg = compose(f"+experiment={name}")
+        assert (cfg.hardware.devices, cfg.hardware.num_nodes) == (8, 2), name
+        assert (cfg.strategy.name, cfg.strategy.stage) == ("deepspeed", 3), name
+        assert cfg.trainer.global_batch_size == global_batch, name
+
+
+@pytest.mark.parametrize(("old", "new"), [("toy", "toy_sft"), ("local_jsonl", "local_sft")])
+def test_old_data_names_are_aliases_that_log_the_new_name(compose, caplog, old, new):
+    from hydra.core.hydra_config import HydraConfig
+
+    from zephyr.run import warn_renamed_data
+
+    assert compose(f"data={old}").data == compose(f"data={new}").data
+    HydraConfig.instance().set_config(compose(f"data={old}", return_hydra_config=True))
+    try:
+        with caplog.at_level("WARNING", logger="zephyr.run"):
+            warn_renamed_data()
+    finally:
+        HydraConfig.instance().cfg = None
+    assert [r.getMessage() for r in caplog.records] == [f"data={old} is deprecated: it is now data={new} (same keys)"]
+
+
+def test_local_data_options_require_a_path_and_toy_ones_do_not(compose):
+    for option in ("local_sft", "local_prefs"):
+        with pytest.raises(ConfigError, match=r"missing required config value\(s\): data.path"):
+            check_required(compose(f"data={option}"))
+    for option, target in (
+        ("toy_sft", "zephyr.toy.teacher.sft_dialogues"),
+        ("toy_prefs", "zephyr.toy.pairs.preference_rows"),
+    ):
+        cfg = compose(f"data={option}")
+        check_required(cfg)
+        assert cfg.data.path is None and cfg.data.toy._target_ == target and cfg.data.toy._partial_ is True
+
+
+def test_zephyr_data_imports_no_higher_layer():
+    """``zephyr.data`` imports nothing from feedback, toy, eval, modules or run (toy rows come by _target_)."""
+    import ast
+
+    banned = ("zephyr.feedback", "zephyr.toy", "zephyr.eval", "zephyr.modules", "zephyr.run")
+    found = []
+    for path in sorted((CONF.parent / "zephyr" / "data").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [f"{path.name}: {n}" for n in names if n.startswith(banned)]
+    assert found == []
+    assert len(list((CONF.parent / "zephyr" / "data").glob("*.py"))) >= 5  # the walk saw the package
