@@ -23,8 +23,15 @@ def _sft_rows(n: int) -> list[dict]:
     return [{"messages": r["chosen"], "prompt": r["prompt"], "prompt_id": r["prompt_id"]} for r in pref_rows(n)]
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_family_trains_exports_and_serves_with_the_training_prompt_ids(family, tmp_path, compose):
+@pytest.mark.parametrize(
+    ("family", "adapter"),
+    [
+        *((f, "none") for f in sorted(FAMILIES)),
+        pytest.param("qwen2", "lora", marks=pytest.mark.slow),
+        pytest.param("gemma2", "lora", marks=pytest.mark.slow),
+    ],
+)
+def test_family_trains_exports_and_serves_with_the_training_prompt_ids(family, adapter, tmp_path, compose):
     from zephyr.generation import Generator
     from zephyr.run import train
     from zephyr.serve.app import create_app
@@ -36,6 +43,7 @@ def test_family_trains_exports_and_serves_with_the_training_prompt_ids(family, t
         compose(
             *COMMON,
             f"model.path={base}",
+            f"adapter={adapter}",
             "data=local_sft",
             f"data.path={sft_data}",
             "data.batch_size=2",
@@ -53,6 +61,7 @@ def test_family_trains_exports_and_serves_with_the_training_prompt_ids(family, t
     dpo_cfg = compose(
         *COMMON,
         "+experiment=dpo_toy",
+        f"adapter={adapter}",
         f"model.path={sft_model}",
         "data=local_prefs",
         f"data.path={prefs}",
@@ -64,6 +73,8 @@ def test_family_trains_exports_and_serves_with_the_training_prompt_ids(family, t
     dpo = train(dpo_cfg)
     assert dpo["global_step"] == 2.0 and 0.0 < dpo["train/loss"] < 5.0
     out = tmp_path / "dpo" / "model"
+    if adapter == "lora":  # the merged export beside the PEFT adapter
+        assert (tmp_path / "dpo" / "adapter" / "adapter_config.json").is_file()
 
     # the prompt ids the DPO run trained on == the ones the exported model is queried with
     data = instantiate(dpo_cfg.data, tokenizer=load_tokenizer(dpo_cfg.model.path))
