@@ -16,10 +16,19 @@ cache is warm the reference model is never built: no second copy of the weights 
 * Writes go to a temporary file in the same folder, then ``os.replace``: two sweep jobs filling the same entry
   at once each write a complete file and the last rename wins; a reader never sees a torn file. A file whose
   stored key does not match (or that does not parse) is treated as a miss.
-* :class:`FrozenReference` is deliberately not an ``nn.Module`` attribute of the LightningModule: Lightning's
-  ``.train()`` would otherwise switch it to train mode (dropout), checkpoints would carry a second copy of the
-  weights, and the optimizer could see it. It stays in eval mode with ``requires_grad=False`` and runs under
-  ``no_grad``.
+* :class:`Reference` is what the DPO step asks for reference log-probs. Hydra builds it as a partial from
+  ``objective.reference`` (``conf/objective/dpo.yaml`` interpolates the key parts: ``model.path``,
+  ``model.revision``, ``hardware.precision``, ``model.dtype``, ``paths.root_dir``); the DPO module completes it
+  with the policy, and hands it the pairs (:class:`PairData`) at fit start.
+* With adapters (a PEFT policy, ``disable_adapter``) the reference is the policy itself with its adapters off:
+  no second copy of the weights in live mode, nothing reloaded to fill the cache, and the key's weights part is
+  the base weights' (the checkpoint's fingerprint, or the state dict without ``lora_`` tensors), so a LoRA run
+  and a full run from the same dSFT model share one cache.
+* Neither the reference nor its :class:`FrozenReference` is an ``nn.Module`` attribute of the LightningModule:
+  Lightning's ``.train()`` would otherwise switch a copy to train mode (dropout), checkpoints would carry a
+  second copy of the weights, and the optimizer could see it. A copy stays in eval mode with
+  ``requires_grad=False``; every reference forward runs in eval mode under ``no_grad``.
+* The forward itself is :func:`zephyr.modules.pair_forward.pair_logps`, the one the policy step runs.
 """
 
 from __future__ import annotations
@@ -395,6 +404,7 @@ class Reference:
     def _frozen(self, device: torch.device | str) -> FrozenReference:
         """The reference weights: the adapters-off policy, or a fresh frozen copy (counted in ``model_loaded``)."""
         if self.adapters_off:
+            log.info("reference: the policy with its adapters disabled (no copy of the weights)")
             return FrozenReference(self.policy, adapters_off=True)
         if self.model_cfg is None:
             raise RuntimeError("the DPO reference has no model to load: pass model= (a model config or a callable)")

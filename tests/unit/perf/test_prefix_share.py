@@ -2,8 +2,8 @@
 
 Pairs of different prompt/completion lengths (one completion of a single token, one batch with padding) go
 through a tiny random Mistral twice: as ``collate_pairs`` rows (2B rows, position ids restarting) scored by
-``pair_logps``, and as ``collate_pairs_prefix_shared`` rows (B rows, 4-D mask) scored by
-``prefix_shared_logps``.
+``pair_logps``, and as ``collate_pairs_prefix_shared`` rows (B rows, 4-D mask) scored by the same
+``pair_logps`` (its prefix-shared branch, ``prefix_shared_logps``).
 """
 
 import pytest
@@ -15,7 +15,6 @@ from tests.conftest import TINY_CONFIG
 from zephyr.data.preference_module import collate_pairs
 from zephyr.data.prefix_share import collate_pairs_prefix_shared, segment_mask
 from zephyr.modules.pair_forward import pair_logps
-from zephyr.objectives.prefix_share import prefix_shared_logps
 
 pytestmark = pytest.mark.unit
 
@@ -32,18 +31,6 @@ def model():
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     return MistralForCausalLM(cfg).float().eval()
-
-
-def shared_logps(model, batch, average=False):
-    hidden = model.base_model(
-        input_ids=batch["input_ids"],
-        position_ids=batch["position_ids"],
-        attention_mask=batch["attention_mask"],
-        use_cache=False,
-    ).last_hidden_state
-    return prefix_shared_logps(
-        hidden, model.lm_head.weight, batch["chosen_targets"], batch["rejected_targets"], average=average
-    )
 
 
 def test_layout_of_one_pair():
@@ -69,7 +56,7 @@ def test_padding_rows_attend_only_to_padding():
 @pytest.mark.parametrize("average", [False, True])
 def test_logps_equal_concatenated_layout(model, average):
     plain = pair_logps(model, collate_pairs(ITEMS, pad_id=0), average=average)
-    shared = shared_logps(model, collate_pairs_prefix_shared(ITEMS, pad_id=0), average=average)
+    shared = pair_logps(model, collate_pairs_prefix_shared(ITEMS, pad_id=0), average=average)
     assert_close(shared.logps, plain.logps, atol=1e-5, rtol=0)
     assert shared.token_counts.tolist() == plain.token_counts.tolist() == [4, 1, 3, 2, 6, 2]
     assert_close(shared.logits_sum, plain.logits_sum, atol=1e-3, rtol=1e-5)
@@ -84,7 +71,7 @@ def test_gradients_equal_concatenated_layout(model):
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
     g_plain = grads(lambda: pair_logps(model, collate_pairs(ITEMS, pad_id=0)))
-    g_shared = grads(lambda: shared_logps(model, collate_pairs_prefix_shared(ITEMS, pad_id=0)))
+    g_shared = grads(lambda: pair_logps(model, collate_pairs_prefix_shared(ITEMS, pad_id=0)))
     for name, g in g_plain.items():
         assert_close(g_shared[name], g, atol=1e-5, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
