@@ -101,22 +101,23 @@ def check_qlora(cfg: DictConfig) -> None:
 
 
 def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """Extra ``build_model`` keywords for the adapter: QLoRA's 4-bit ``quantization_config``, else none."""
+    """Extra ``build_model`` keywords for the adapter: QLoRA's 4-bit ``quantization_config``, else none.
+
+    The config is ``BitsAndBytesConfig``'s dict form (``from_pretrained`` takes either): Hydra's ``instantiate``
+    would turn a config object into a dict with an enum it then cannot read back.
+    """
     acfg = adapter_config(cfg)
     if acfg.get("name") != "qlora":
         return {}
-    from transformers import BitsAndBytesConfig
-
-    from zephyr.models.mistral import DTYPES
-
     q = acfg.get("quantization") or {}
     return {
-        "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=str(q.get("quant_type", "nf4")),
-            bnb_4bit_use_double_quant=bool(q.get("double_quant", True)),
-            bnb_4bit_compute_dtype=DTYPES[str(q.get("compute_dtype", "bfloat16"))],
-        )
+        "quantization_config": {
+            "quant_method": "bitsandbytes",
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": str(q.get("quant_type", "nf4")),
+            "bnb_4bit_use_double_quant": bool(q.get("double_quant", True)),
+            "bnb_4bit_compute_dtype": str(q.get("compute_dtype", "bfloat16")),
+        }
     }
 
 

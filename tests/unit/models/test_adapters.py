@@ -216,14 +216,18 @@ def test_qlora_base_is_4bit_nf4_and_trains_lora_on_cpu(tmp_path, compose):
     _base().save_pretrained(base_dir)
     cfg = compose("adapter=qlora", f"model.path={base_dir}")
     check_adapter(cfg)
-    q = model_kwargs(cfg)["quantization_config"]
-    assert (q.load_in_4bit, q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant, q.bnb_4bit_compute_dtype) == (
-        True,
-        "nf4",
-        True,
-        torch.bfloat16,
-    )
-    model = apply_adapter(build_model(path=str(base_dir), **model_kwargs(cfg)), {**LORA, "name": "qlora"})
+    assert model_kwargs(cfg)["quantization_config"] == {
+        "quant_method": "bitsandbytes",
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": "bfloat16",
+    }
+    from zephyr.run import build
+
+    model = apply_adapter(build(cfg.model, **model_kwargs(cfg)), {**LORA, "name": "qlora"})
+    q = model.get_base_model().config.quantization_config
+    assert (q.load_in_4bit, q.bnb_4bit_use_double_quant, q.bnb_4bit_compute_dtype) == (True, True, torch.bfloat16)
     layer = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
     assert type(layer).__name__ == "Linear4bit" and layer.weight.quant_type == "nf4"
     assert model.get_base_model().is_activation_checkpointing
