@@ -53,6 +53,8 @@ RUN: dict[str, list[str]] = {
     "python train.py data.path=runs/data/train_sft.jsonl data.eval_path=runs/data/test_sft.jsonl": SFT_SIZE,
     "python train.py +experiment=dpo_toy data=local_prefs data.path=runs/data/train_prefs.jsonl "
     "data.eval_path=runs/data/test_prefs.jsonl": DPO_SIZE,
+    "python train.py adapter=lora": SFT_TOY_SIZE,
+    "python train.py +experiment=dpo_toy adapter=lora": DPO_TOY_SIZE,
 }
 
 # README command -> why it does not run here (composition of these is covered by tests/unit)
@@ -69,6 +71,12 @@ SKIPPED: dict[str, str] = {
     "+launcher=slurm hydra.launcher.partition=YOUR_PARTITION paths.output_dir=runs/dsft": "SLURM, 16 GPUs",
     "python train.py -m +experiment=zephyr_7b_dpo model.path=runs/dsft/model "
     "+launcher=slurm hydra.launcher.partition=YOUR_PARTITION": "SLURM, 16 GPUs",
+    "python train.py -m +experiment=dpo_beta adapter=lora adapter.r=8,64": (
+        "10 jobs (5 betas x 2 ranks); composed in tests/unit/models/test_adapters.py"
+    ),
+    "python train.py adapter=qlora model.path=DIR": "a pretrained DIR (QLoRA on CPU: tests/integration/test_lora.py)",
+    "python train.py +experiment=zephyr_7b_sft_qlora paths.output_dir=runs/dsft_qlora": "hub weights and data, a GPU",
+    "python train.py +experiment=zephyr_7b_dpo_qlora model.path=runs/dsft_qlora/model": "a QLoRA dSFT export, a GPU",
 }
 if importlib.util.find_spec("optuna") is None or importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
     SKIPPED["python train.py -m +experiment=dpo_toy +sweep=optuna"] = "hydra-optuna-sweeper is not installed"

@@ -5,7 +5,7 @@
 adapters (and ``modules_to_save``) train, the base weights stay bit-identical. ``target_modules: null`` means
 every linear layer of the decoder blocks (not the LM head, not the embeddings). ``adapter=qlora`` also loads the
 base in 4-bit NF4 with double quantization and bf16 compute (``BitsAndBytesConfig``) and turns gradient
-checkpointing on (``peft.prepare_model_for_kbit_training``). bitsandbytes >= 0.48 runs these 4-bit layers on
+checkpointing on (``peft.prepare_model_for_kbit_training``). bitsandbytes (0.50 tested) runs these 4-bit layers on
 CPU as well as CUDA (``pip install -e '.[qlora]'``).
 
 The run exports the merged full model (``merge_and_unload`` on a fresh unquantized copy of the base, so a QLoRA

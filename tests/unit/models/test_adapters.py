@@ -208,7 +208,7 @@ def test_adapter_directory_as_model_path_offers_the_merged_export(compose, tmp_p
 
 
 def test_qlora_base_is_4bit_nf4_and_trains_lora_on_cpu(tmp_path, compose):
-    """bitsandbytes >= 0.48 runs Linear4bit forward and backward on CPU: QLoRA is tested here, not only on GPU."""
+    """bitsandbytes 0.50 runs Linear4bit forward and backward on CPU: QLoRA is tested here, not only on GPU."""
     pytest.importorskip("bitsandbytes")
     from zephyr.models.adapters import model_kwargs
 
