@@ -353,8 +353,10 @@ def estimates_for_config(cfg: DictConfig, plan: Any = None) -> tuple[list[Memory
 
 
 def _params_text(n: int) -> str:
-    """``7.24 B`` from 1e9 parameters up, ``135.0 M`` below (a small checkpoint is not "0.00 B")."""
-    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+    """``7.24 B`` from 1e9 parameters up, ``135.0 M`` from 1e6, ``33,472`` below (a small model is not "0.00 B")."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} B"
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
 
 
 def render_table(rows: list[MemoryEstimate], facts: dict[str, Any], selected: str | None = None):
@@ -364,7 +366,7 @@ def render_table(rows: list[MemoryEstimate], facts: dict[str, Any], selected: st
     cap = facts.get("device_memory_gb")
     adapter = facts.get("adapter", "none")
     trainable = (
-        f" ({facts['trainable_params'] / 1e6:.2f} M trainable, {adapter}"
+        f" ({_params_text(facts['trainable_params'])} trainable, {adapter}"
         + (", 4-bit base)" if adapter == "qlora" else ")")
         if adapter in ("lora", "qlora")
         else ""
