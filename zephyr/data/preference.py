@@ -24,7 +24,7 @@ from typing import Any
 
 from zephyr.data.chat_template import ConversationError, render_prompt, validate_messages, with_system
 
-__all__ = ["tokenize_pair", "validate_pair"]
+__all__ = ["tokenize_completions", "tokenize_pair", "validate_pair"]
 
 
 def validate_pair(row: Mapping[str, Any]) -> tuple[list[dict[str, str]], dict[str, str], dict[str, str]]:
@@ -124,6 +124,41 @@ def tokenize_pair(
     if not 1 < max_prompt_length < max_length:
         raise ValueError(f"need 1 < max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
     prompt_messages, chosen_turn, rejected_turn = validate_pair(row)
+    return tokenize_completions(
+        tokenizer,
+        prompt_messages,
+        {"chosen": chosen_turn, "rejected": rejected_turn},
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        insert_empty_system=insert_empty_system,
+    )
+
+
+def tokenize_completions(
+    tokenizer,
+    prompt_messages: Sequence[Mapping[str, str]],
+    turns: Mapping[str, Mapping[str, str]],
+    *,
+    max_length: int = 1024,
+    max_prompt_length: int = 512,
+    insert_empty_system: bool = True,
+) -> dict[str, Any]:
+    """Tokenise one prompt and one or more final assistant turns after it, truncating as :func:`tokenize_pair`.
+
+    The tokenisation and truncation of :func:`tokenize_pair` (which calls it with ``chosen`` and ``rejected``);
+    KTO's unpaired rows (:mod:`zephyr.data.kto`) call it with one ``completion``.
+
+    Args:
+        tokenizer: the chat tokenizer.
+        prompt_messages: validated turns before the completion (ending with the user's).
+        turns: name -> the assistant turn completing the prompt.
+        max_length: longest prompt + completion sequence.
+        max_prompt_length: longest prompt after truncation.
+        insert_empty_system: prepend an empty system turn when the prompt has none.
+
+    Returns:
+        ``{"prompt_input_ids", "<name>_input_ids" for each turn, "truncated"}``.
+    """
     if insert_empty_system:
         prompt_messages = with_system(prompt_messages)
     prompt_text = render_prompt(tokenizer, prompt_messages, insert_empty_system=False)  # system turn added above
@@ -134,7 +169,7 @@ def tokenize_pair(
     # joint tokenisation. With the Zephyr template the prompt ends in "\n" and this never triggers.
     prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
     full_ids = {}
-    for key, turn in (("chosen", chosen_turn), ("rejected", rejected_turn)):
+    for key, turn in turns.items():
         full_text = tokenizer.apply_chat_template([*prompt_messages, turn], tokenize=False)
         if not full_text.startswith(prompt_text):
             raise ValueError("the chat template's rendering of the full conversation does not extend the prompt's")
@@ -144,7 +179,7 @@ def tokenize_pair(
     ids = {key: value[cut:] for key, value in full_ids.items()}
 
     truncated = False
-    longest = max(len(ids["chosen"]), len(ids["rejected"]))
+    longest = max(len(value) for value in ids.values())
     if len(prompt_ids) + longest > max_length:
         if len(prompt_ids) > max_prompt_length:
             bos = tokenizer.bos_token_id
@@ -159,7 +194,6 @@ def tokenize_pair(
             truncated = True
     return {
         "prompt_input_ids": list(prompt_ids),
-        "chosen_input_ids": list(ids["chosen"]),
-        "rejected_input_ids": list(ids["rejected"]),
+        **{f"{key}_input_ids": list(value) for key, value in ids.items()},
         "truncated": truncated,
     }

@@ -62,4 +62,15 @@ def preference_rows(n: int, seed: int = 0, cache_dir: str | os.PathLike | None =
     return pairs
 
 
-__all__ = ["TOY_FEEDBACK_VERSION", "preference_rows"]
+def unpaired_rows(n: int, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The toy pairs of :func:`preference_rows` split into KTO's unpaired rows (``conf/data/toy_kto.yaml``).
+
+    Each pair gives a desirable row (its chosen completion) and an undesirable one (its rejected completion):
+    :func:`zephyr.feedback.kto.unpair`.
+    """
+    from zephyr.feedback.kto import unpair
+
+    return unpair(preference_rows(n, seed=seed, cache_dir=cache_dir))
+
+
+__all__ = ["TOY_FEEDBACK_VERSION", "preference_rows", "unpaired_rows"]
