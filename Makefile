@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: the CPU wheel; a looser spec installed first pulls a multi-GB CUDA build
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev,scale]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,scale,qlora]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install torch (CPU) + zephyr with dev tools

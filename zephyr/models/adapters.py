@@ -72,7 +72,7 @@ def check_adapter(cfg: DictConfig) -> None:
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError(f"adapter.dropout={dropout!r} must be in [0, 1)")
     if importlib.util.find_spec("peft") is None:
-        raise ConfigError(f"adapter={name} needs peft: pip install -e '.[qlora]' (or pip install peft)")
+        raise ConfigError(f"adapter={name} needs peft (a zephyr dependency): pip install 'peft>=0.13'")
     from zephyr.scale.strategies import strategy_option
 
     if strategy_option(cfg) in _SHARDED:
