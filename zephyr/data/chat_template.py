@@ -5,7 +5,8 @@ identical in ``recipes/zephyr-7b-beta/sft/config_full.yaml``). The assistant bra
 before ``+``: we keep the string byte-for-byte so a tokenizer saved by zephyr is interchangeable with the
 released one. transformers renders with ``trim_blocks`` and ``lstrip_blocks``, so every message becomes
 ``<|role|>\\n{content}</s>\\n`` and the generation prompt is ``<|assistant|>\\n``. The template emits no BOS;
-``<s>`` comes from the tokenizer when the rendered text is tokenized with special tokens.
+``<s>`` comes from the tokenizer when the rendered text is tokenized with special tokens (:func:`encode`, which
+also keeps a template that writes its own BOS from getting a second one).
 """
 
 from __future__ import annotations
@@ -79,10 +80,27 @@ def render_prompt(tokenizer, messages: Sequence[dict[str, str]], *, insert_empty
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def encode(tokenizer, text: str, **kwargs: Any) -> Any:
+    """Tokenize rendered chat text with exactly one BOS: the tokenizer's, unless the template already wrote it.
+
+    Zephyr's template emits no BOS (the tokenizer adds ``<s>``); templates such as Llama-3's start with
+    ``{{ bos_token }}``, and tokenizing those with special tokens on would give two. Every path that turns
+    rendered chat text into ids (SFT rows, DPO prompts and completions, generation) goes through here.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        text: the chat template's output.
+        **kwargs: passed to the tokenizer call (e.g. ``return_offsets_mapping=True``).
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    written = bool(bos) and text.startswith(bos)
+    return tokenizer(text, add_special_tokens=not written, **kwargs)
+
+
 def prompt_ids(tokenizer, messages: Sequence[dict[str, str]], *, insert_empty_system: bool) -> list[int]:
-    """Token ids of :func:`render_prompt`'s text; the tokenizer adds BOS (the template emits none)."""
+    """Token ids of :func:`render_prompt`'s text, with one BOS (see :func:`encode`)."""
     text = render_prompt(tokenizer, messages, insert_empty_system=insert_empty_system)
-    return tokenizer(text, add_special_tokens=True)["input_ids"]
+    return encode(tokenizer, text)["input_ids"]
 
 
 def validate_messages(messages: Any, *, require_assistant_last: bool = False) -> list[dict[str, str]]:

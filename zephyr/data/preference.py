@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from zephyr.data.chat_template import ConversationError, render_prompt, validate_messages, with_system
+from zephyr.data.chat_template import ConversationError, encode, render_prompt, validate_messages, with_system
 
 __all__ = ["tokenize_completions", "tokenize_pair", "validate_pair"]
 
@@ -167,13 +167,13 @@ def tokenize_completions(
     # If SentencePiece merged the prompt's last token with the completion's first characters, the cut moves back
     # to the longest common prefix (shared by chosen and rejected), so prompt + completion ids are exactly the
     # joint tokenisation. With the Zephyr template the prompt ends in "\n" and this never triggers.
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
+    prompt_ids = encode(tokenizer, prompt_text)["input_ids"]
     full_ids = {}
     for key, turn in turns.items():
         full_text = tokenizer.apply_chat_template([*prompt_messages, turn], tokenize=False)
         if not full_text.startswith(prompt_text):
             raise ValueError("the chat template's rendering of the full conversation does not extend the prompt's")
-        full_ids[key] = tokenizer(full_text, add_special_tokens=True)["input_ids"]
+        full_ids[key] = encode(tokenizer, full_text)["input_ids"]
     cut = min(_common_prefix(prompt_ids, ids) for ids in full_ids.values())
     prompt_ids = prompt_ids[:cut]
     ids = {key: value[cut:] for key, value in full_ids.items()}

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from zephyr.data.chat_template import ConversationError, validate_messages, with_system
+from zephyr.data.chat_template import ConversationError, encode, validate_messages, with_system
 from zephyr.data.collate import IGNORE_INDEX
 from zephyr.data.io import DataError, RowReport
 
@@ -95,7 +95,7 @@ def tokenize_conversation(
     if insert_empty_system:
         messages = with_system(messages)
     text, spans = _assistant_spans(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    enc = encode(tokenizer, text, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     if loss_on == "all":
         labels = [IGNORE_INDEX] + ids[1:]

@@ -85,3 +85,21 @@ def test_train_export_records_the_data_setting(compose):
     assert prompt_format(compose().data) == {"insert_empty_system": True}
     assert prompt_format(compose("data.insert_empty_system=false").data) == {"insert_empty_system": False}
     assert prompt_format(compose("+experiment=dpo_toy").data) == {"insert_empty_system": True}
+
+
+def test_a_template_that_writes_its_own_bos_gets_exactly_one(exports):
+    """Llama-3-style templates start with ``{{ bos_token }}``: training and generation ids hold one BOS, not two."""
+    from zephyr.data.chat_template import prompt_ids
+    from zephyr.data.sft import tokenize_conversation
+    from zephyr.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    plain = _training_prompt_ids(tok, NO_SYSTEM, True)
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    bos = tok.bos_token_id
+    dpo_prompt = _training_prompt_ids(tok, NO_SYSTEM, True)
+    sft = tokenize_conversation(tok, [*NO_SYSTEM, REPLY], insert_empty_system=True)
+    served = prompt_ids(tok, NO_SYSTEM, insert_empty_system=True)
+    assert dpo_prompt == served == plain  # the template's BOS replaced the tokenizer's, nothing else moved
+    assert sft.input_ids[0] == bos and sft.input_ids[1] != bos
+    assert served.count(bos) == 1
