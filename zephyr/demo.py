@@ -251,8 +251,22 @@ def _train(overrides: list[str]) -> dict[str, float]:
     return train(compose_train([*overrides, "overwrite=true"]))  # a stage that is redone replaces its old run
 
 
-def _feedback(settings: DictConfig, out: Path, seed: int, dsft_model: Path, clock: dict[str, float], console) -> None:
-    """Completions from the pool (rule students + the dSFT model) and verifier judging -> ``ultrafeedback.jsonl``."""
+def _feedback(
+    settings: DictConfig,
+    out: Path,
+    seed: int,
+    dsft_model: Path,
+    clock: dict[str, float],
+    console,
+    *,
+    prompts: list[dict[str, Any]] | None = None,
+    policy=None,
+) -> None:
+    """Completions from the pool (rule students + the dSFT model) and verifier judging -> ``ultrafeedback.jsonl``.
+
+    :mod:`zephyr.iterate` passes ``prompts`` (default: the demo's draw of ``feedback.prompts`` train questions)
+    and ``policy``, the backend that answers for the pool's ``dsft`` member (default: the dSFT checkpoint).
+    """
     from zephyr.feedback.complete import FeedbackConfig, collect_feedback, load_prompts
     from zephyr.generation import LocalCheckpointBackend
     from zephyr.toy import VerifierJudge, default_pool
@@ -264,7 +278,7 @@ def _feedback(settings: DictConfig, out: Path, seed: int, dsft_model: Path, cloc
         raise ValueError(f"demo feedback.pool: unknown members {unknown}; known {sorted(rule)} and 'dsft'")
     pool = [
         TimedBackend(
-            LocalCheckpointBackend(dsft_model, "dsft", batch_size=int(settings.feedback.batch_size))
+            (policy or LocalCheckpointBackend(dsft_model, "dsft", batch_size=int(settings.feedback.batch_size)))
             if x == "dsft"
             else rule[x],
             clock, "sampling",
@@ -272,10 +286,11 @@ def _feedback(settings: DictConfig, out: Path, seed: int, dsft_model: Path, cloc
         for x in names
     ]  # fmt: skip
     judge = TimedBackend(VerifierJudge(), clock, "judging")
-    prompts = load_prompts(
-        {"source": "toy_tasks", "n": int(settings.feedback.prompts), "seed": 10_000 + seed,
-         "families": world_families(settings)}
-    )  # fmt: skip
+    if prompts is None:
+        prompts = load_prompts(
+            {"source": "toy_tasks", "n": int(settings.feedback.prompts), "seed": 10_000 + seed,
+             "families": world_families(settings)}
+        )  # fmt: skip
     fcfg = FeedbackConfig.from_config(
         models_per_prompt=settings.feedback.models_per_prompt,
         seed=seed,
@@ -296,24 +311,16 @@ def _feedback(settings: DictConfig, out: Path, seed: int, dsft_model: Path, cloc
     console.print(f"{summary['judged_prompts']} prompts judged, pool {names}")
 
 
-def run_one(settings: DictConfig, out: Path, seed: int, console=None) -> dict[str, Any]:
-    """Run every stage for one seed in ``out`` and write ``out/report.json``; returns the report."""
-    from rich.console import Console
-
-    from zephyr.feedback.binarize import binarize
-    from zephyr.feedback.store import read_jsonl, write_jsonl
-    from zephyr.models.export import load_prompt_format
-    from zephyr.models.mistral import build_model
-    from zephyr.tokenizer import load_tokenizer
+def dsft_stages(
+    settings: DictConfig, out: Path, seed: int, stage: Stages, common: list[str], console
+) -> tuple[list[str], Path, int]:
+    """Stages 1-2 (``sft_data``, ``dsft``) in ``out``, reused when finished; returns the dSFT data overrides,
+    the dSFT export folder and its optimizer steps.
+    """
+    from zephyr.feedback.store import write_jsonl
     from zephyr.toy import sft_dialogues
 
-    console = console or Console()
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Stages(console, out / "stages.json")
-    common = [f"paths.root_dir={out}", f"seed={seed}", *QUIET_TRAINING, *settings.model]
     data_dir = out / "data"
-
     sft_path = data_dir / "sft.jsonl"
     if not stage.reuse("sft_data", sft_path):
         with stage("sft_data", "the imperfect teacher writes the fixed dSFT set"):
@@ -330,6 +337,26 @@ def run_one(settings: DictConfig, out: Path, seed: int, console=None) -> dict[st
             m = _train([*common, *data_sft, *settings.dsft, f"paths.output_dir={out / 'dsft'}", "task_name=dsft"])
             console.print(f"{int(m['global_step'])} steps, final train/loss {m.get('train/loss', float('nan')):.3f}")
     dsft_steps = max(1, int(json.loads((out / "dsft" / "metrics.json").read_text()).get("global_step", 1)))
+    return data_sft, dsft_model, dsft_steps
+
+
+def run_one(settings: DictConfig, out: Path, seed: int, console=None) -> dict[str, Any]:
+    """Run every stage for one seed in ``out`` and write ``out/report.json``; returns the report."""
+    from rich.console import Console
+
+    from zephyr.feedback.binarize import binarize
+    from zephyr.feedback.store import read_jsonl, write_jsonl
+    from zephyr.models.export import load_prompt_format
+    from zephyr.models.mistral import build_model
+    from zephyr.tokenizer import load_tokenizer
+
+    console = console or Console()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Stages(console, out / "stages.json")
+    common = [f"paths.root_dir={out}", f"seed={seed}", *QUIET_TRAINING, *settings.model]
+    data_dir = out / "data"
+    data_sft, dsft_model, dsft_steps = dsft_stages(settings, out, seed, stage, common, console)
 
     feedback_rows = out / "feedback" / "ultrafeedback.jsonl"
     if not (stage.reuse("sampling", feedback_rows) and stage.reuse("judging", feedback_rows)):
