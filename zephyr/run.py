@@ -78,6 +78,20 @@ def check_objective_data(cfg: DictConfig) -> None:
         raise ConfigError(f"{obj} trains on {want} rows but the data config gives {have} rows: use {DATA_FOR[want]}")
 
 
+def check_objective_options(cfg: DictConfig) -> None:
+    """The objective class's own ``validate_config(cfg.objective)`` (loss names, weights), before any model loads."""
+    from hydra.utils import get_class
+
+    try:
+        validate = get_class(cfg.objective._target_).validate_config
+    except (AttributeError, ImportError, KeyError):
+        return  # a module without the hook
+    try:
+        validate(cfg.objective)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def resolve_output_dir(cfg: DictConfig) -> Path:
     """The run directory: Hydra's job dir in a multirun, else ``paths.output_dir``."""
     out = None
@@ -378,7 +392,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_required(cfg)
     check_trainer_values(cfg)
     check_objective_data(cfg)
+    check_objective_options(cfg)
     check_adapter(cfg)
+    from zephyr.modules.reference import check_reference_config
+
+    check_reference_config(cfg)  # objective.reference: mode, TR-DPO sync (refused with the cache)
     out = resolve_output_dir(cfg)
     check_model_path(cfg)
     ckpt_path = resolve_ckpt_path(cfg, out)

@@ -30,6 +30,23 @@ def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     return inner.base_model, inner.get_output_embeddings()
 
 
+def token_metrics(
+    stats: Any, token_counts: torch.Tensor, accuracy_rows: slice = slice(None)
+) -> dict[str, tuple[torch.Tensor, int]]:
+    """TRL 1.x ``entropy`` and ``mean_token_accuracy`` of one batch as ``{name: (token mean, tokens)}``.
+
+    ``entropy`` is the mean next-token entropy over every counted position; ``mean_token_accuracy`` the share
+    of counted positions of ``accuracy_rows`` (dDPO: the chosen rows, as TRL) whose argmax is the label. Both
+    come from the chunked projection's :class:`zephyr.objectives.logprobs.TokenStats`; the token counts are the
+    weights that make step and epoch values pooled token means (0 when no token counts, as TRL).
+    """
+    n_all = int(token_counts.sum())
+    n_acc = int(token_counts[accuracy_rows].sum())
+    entropy = stats.entropy_sum.sum() / max(n_all, 1)
+    accuracy = stats.top1_count[accuracy_rows].sum() / max(n_acc, 1)
+    return {"entropy": (entropy.detach(), n_all), "mean_token_accuracy": (accuracy.detach(), n_acc)}
+
+
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """Multiplier of the peak learning rate at optimizer step ``s`` (0-based).
 
@@ -84,6 +101,8 @@ class ZephyrModule(pl.LightningModule):
         self._step_started: float | None = None
         self._tokens_since_log = 0
         self._train_sums: dict[str, tuple[torch.Tensor, bool]] = {}  # name -> ([sum value x weight, sum weight], bar)
+        self._step_tokens = 0  # non-pad tokens of this optimizer step on this rank
+        self.num_tokens_seen = 0  # TRL's ``num_tokens``: training tokens of every rank so far (kept in checkpoints)
 
     # ---- forward helpers -------------------------------------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -121,10 +140,14 @@ class ZephyrModule(pl.LightningModule):
         if not self._train_sums:
             return
         names = sorted(self._train_sums)
-        totals = torch.stack([self._train_sums[n][0] for n in names])
+        step_tokens = torch.tensor([float(self._step_tokens), 1.0], device=self.device)
+        totals = torch.stack([self._train_sums[n][0] for n in names] + [step_tokens])
         if self.trainer.world_size > 1:
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
-        for name, row in zip(names, totals):
+        self.num_tokens_seen += int(totals[-1, 0].item())
+        self._step_tokens = 0
+        self.log("train/num_tokens", float(self.num_tokens_seen), on_step=True, on_epoch=False)
+        for name, row in zip(names, totals[:-1]):
             self.log(
                 f"train/{name}",
                 row[0] / row[1].clamp_min(1e-12),
@@ -139,6 +162,13 @@ class ZephyrModule(pl.LightningModule):
         if self._step_started is None:
             self._step_started = time.perf_counter()
         self._tokens_since_log += int(batch["num_tokens"])
+        self._step_tokens += int(batch["num_tokens"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["zephyr_num_tokens"] = self.num_tokens_seen  # so train/num_tokens continues on resume
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.num_tokens_seen = int(checkpoint.get("zephyr_num_tokens", 0))
 
     def log_throughput(self) -> None:
         """Log ``train/tokens_per_sec`` over the optimizer steps since the last call (non-pad tokens)."""

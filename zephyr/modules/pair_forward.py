@@ -18,12 +18,15 @@ from zephyr.data.prefix_share import mask_for_kernel
 from zephyr.modules.base import lm_parts
 from zephyr.objectives.logprobs import (
     SequenceLogps,
+    cat_sequence_logps,
     completion_logits_sum,
     completion_logps,
     logit_softcap,
     token_logps_from_hidden,
+    token_stats_from_logits,
 )
 from zephyr.objectives.prefix_share import prefix_shared_logps
+from zephyr.objectives.weighting import ld_dpo_logps
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +53,23 @@ def _as_labels(targets: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(targets[:, :-1], (1, 0), value=-100)
 
 
-def _full_logits_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool) -> SequenceLogps:
+def _full_logits_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool, stats: bool) -> SequenceLogps:
     """:class:`SequenceLogps` from full ``(N, T, V)`` logits and ``(N, T)`` labels."""
     counts = (labels[:, 1:] != -100).sum(-1)
     return SequenceLogps(
-        completion_logps(logits, labels, average=average), counts, completion_logits_sum(logits, labels)
+        completion_logps(logits, labels, average=average),
+        counts,
+        completion_logits_sum(logits, labels),
+        token_stats_from_logits(logits, labels) if stats else None,
     )
+
+
+def _with_ld_alpha(out: SequenceLogps, alpha: float) -> SequenceLogps:
+    """``out`` with LD-DPO sequence log-probs (:func:`zephyr.objectives.weighting.ld_dpo_logps`) as ``logps``."""
+    b = out.logps.shape[0] // 2
+    tl, m = out.stats.token_logps, out.stats.mask
+    chosen, rejected = ld_dpo_logps(tl[:b], m[:b], tl[b:], m[b:], alpha=alpha)
+    return out._replace(logps=torch.cat([chosen, rejected]))
 
 
 def pair_logps(
@@ -65,6 +79,8 @@ def pair_logps(
     average: bool = False,
     chunked: bool = True,
     chunk_size: int = 1024,
+    stats: bool = False,
+    ld_alpha: float | None = None,
 ) -> SequenceLogps:
     """Completion log-probs of the chosen and rejected completions of a preference batch in one forward pass.
 
@@ -84,6 +100,10 @@ def pair_logps(
         average: per-row mean instead of sum (IPO).
         chunked: project onto the vocabulary only at counted positions (no ``(rows, T, V)`` logits).
         chunk_size: counted positions per projection chunk.
+        stats: also return :class:`~zephyr.objectives.logprobs.TokenStats` (entropy, top-1 hits, WPO's
+            ``log Σ p²`` per row; per-token log-probs), from the same chunked projection (never ``(rows, T, V)``).
+        ld_alpha: LD-DPO's α (``None``: plain sums): ``logps`` are the shared-length sums plus α × the tail
+            (:func:`zephyr.objectives.weighting.ld_dpo_logps`); not with ``average``.
 
     Returns:
         :class:`SequenceLogps` of ``(2B,)`` tensors: rows ``[:B]`` chosen, ``[B:]`` rejected, in both layouts.
@@ -91,6 +111,15 @@ def pair_logps(
     Raises:
         ValueError: a prefix-shared batch for a model running FlashAttention-2 (which ignores 4-D masks).
     """
+    if ld_alpha is not None and average:
+        raise ValueError("ld_alpha (LD-DPO) re-weights summed log-probs; it cannot be combined with average=True")
+    out = _pair_logps(model, batch, average, chunked, chunk_size, stats or ld_alpha is not None)
+    return out if ld_alpha is None else _with_ld_alpha(out, float(ld_alpha))
+
+
+def _pair_logps(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], average: bool, chunked: bool, chunk_size: int, stats: bool
+) -> SequenceLogps:
     ids, pos = batch["input_ids"], batch["position_ids"]
     shared = "chosen_targets" in batch
     if shared and _attn_implementation(model) == "flash_attention_2":
@@ -104,31 +133,24 @@ def pair_logps(
     if chunked:
         body, head = lm_parts(model)
         hidden = body(**inputs).last_hidden_state  # (rows, T, H)
+        opts = {"lm_head_bias": head.bias, "chunk_size": chunk_size, "average": average, "stats": stats}
         if shared:
             return prefix_shared_logps(
                 hidden,
-                head.weight,
+                head,
                 batch["chosen_targets"],
                 batch["rejected_targets"],
-                lm_head_bias=head.bias,
-                chunk_size=chunk_size,
-                average=average,
                 softcap=logit_softcap(model),
+                **opts,
             )
-        return token_logps_from_hidden(
-            hidden,
-            head.weight,
-            batch["labels"],
-            lm_head_bias=head.bias,
-            chunk_size=chunk_size,
-            average=average,
-            softcap=logit_softcap(model),
-        )
+        return token_logps_from_hidden(hidden, head, batch["labels"], softcap=logit_softcap(model), **opts)
     logits = model(**inputs).logits  # (rows, T, V)
     if not shared:
-        return _full_logits_logps(logits, batch["labels"], average)
-    outs = [_full_logits_logps(logits, _as_labels(batch[k]), average) for k in ("chosen_targets", "rejected_targets")]
-    return SequenceLogps(*(torch.cat([c, r]) for c, r in zip(outs[0], outs[1])))
+        return _full_logits_logps(logits, batch["labels"], average, stats)
+    outs = [
+        _full_logits_logps(logits, _as_labels(batch[k]), average, stats) for k in ("chosen_targets", "rejected_targets")
+    ]
+    return cat_sequence_logps(outs[0], outs[1])
 
 
 __all__ = ["layout_for", "pair_logps"]

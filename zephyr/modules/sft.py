@@ -1,6 +1,8 @@
 """dSFT LightningModule: token-mean cross-entropy on the labelled tokens of padding-free batches.
 
-Logs ``train/loss``, ``train/lr``, ``train/tokens_per_sec`` and ``eval/loss``. With ``chunked_loss`` (default)
+Logs ``train/loss``, ``train/lr``, ``train/tokens_per_sec``, ``eval/loss``, TRL 1.x's ``entropy`` and
+``mean_token_accuracy`` (token means over the labelled tokens, from the same chunked projection) and
+``train/num_tokens`` (training tokens so far). With ``chunked_loss`` (default)
 the 32k-vocabulary projection runs only at positions whose label counts (assistant replies), chunk by chunk, so
 full ``(B, T, V)`` fp32 logits are never built; the result equals the plain path (tested).
 """
@@ -9,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from zephyr.modules.base import ZephyrModule
-from zephyr.objectives.logprobs import logit_softcap
-from zephyr.objectives.sft import sft_loss, sft_loss_from_hidden
+from zephyr.modules.base import ZephyrModule, lm_parts, token_metrics
+from zephyr.objectives.logprobs import logit_softcap, token_stats_from_logits
+from zephyr.objectives.sft import SFTLoss, sft_loss, sft_loss_from_hidden
 
 
 class SFTModule(ZephyrModule):
@@ -23,30 +25,34 @@ class SFTModule(ZephyrModule):
         super().__init__(model, optimizer, scheduler, chunked_loss=chunked_loss, loss_chunk_size=loss_chunk_size)
         self.save_hyperparameters(ignore=["model", "optimizer"])
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(loss, num_loss_tokens)`` for a batch from :func:`zephyr.data.collate.collate_rows`."""
+    def loss(self, batch: dict[str, torch.Tensor]) -> SFTLoss:
+        """``(loss, num_loss_tokens, token stats)`` for a batch from :func:`zephyr.data.collate.collate_rows`."""
         if self.chunked_loss:
             hidden = self.hidden_states(batch["input_ids"], batch["position_ids"])
-            head = self.model.get_output_embeddings()
+            # the head module, not its weight: under FSDP2 / ZeRO-3 its forward gathers the full weight per chunk
             return sft_loss_from_hidden(
                 hidden,
-                head.weight,
+                lm_parts(self.model)[1],
                 batch["labels"],
-                lm_head_bias=head.bias,
                 chunk_size=self.loss_chunk_size,
                 softcap=logit_softcap(self.model),
+                stats=True,
             )
-        return sft_loss(self.logits(batch["input_ids"], batch["position_ids"]), batch["labels"])
+        logits = self.logits(batch["input_ids"], batch["position_ids"])
+        loss, n, _ = sft_loss(logits, batch["labels"])
+        return SFTLoss(loss, n, token_stats_from_logits(logits, batch["labels"]))
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        loss, n = self.loss(batch)
+        loss, n, stats = self.loss(batch)
         self.check_finite(f"{stage}/loss", loss)
-        if stage == "train":
-            # token-weighted over the micro-batches and ranks of the optimizer step, like eval/loss over the set
-            self.accumulate_train_metric("loss", loss.detach(), max(int(n), 1), prog_bar=True)
-        else:
-            # weighting by counted tokens makes the epoch value the token-mean loss of the whole eval set
-            self.log("eval/loss", loss, on_epoch=True, prog_bar=True, batch_size=max(int(n), 1))
+        # token-weighted over the micro-batches and ranks of the optimizer step, like eval/* over the whole set
+        values = {"loss": (loss.detach(), int(n))}
+        values.update(token_metrics(stats, stats.mask.sum(-1)))
+        for name, (value, weight) in values.items():
+            if stage == "train":
+                self.accumulate_train_metric(name, value, max(weight, 1), prog_bar=name == "loss")
+            else:
+                self.log(f"eval/{name}", value, on_epoch=True, prog_bar=name == "loss", batch_size=max(weight, 1))
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -28,11 +28,14 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "SequenceLogps",
+    "TokenStats",
+    "cat_sequence_logps",
     "completion_logits_sum",
     "completion_logps",
     "logit_softcap",
     "masked_logits_mean",
     "token_logps_from_hidden",
+    "token_stats_from_logits",
 ]
 
 
@@ -125,6 +128,26 @@ def logit_softcap(model: torch.nn.Module) -> float | None:
     return float(cap) if cap else None
 
 
+class TokenStats(NamedTuple):
+    """Per-token extras of the counted positions (``stats=True``), computed from the same ``(chunk, V)`` blocks.
+
+    Attributes:
+        entropy_sum: ``(B,)`` detached sum over counted positions of the next-token entropy
+            ``H = logsumexp(z) − Σ_v p_v z_v`` (TRL 1.x ``entropy`` is its token mean).
+        top1_count: ``(B,)`` counted positions whose argmax logit is the label (TRL ``mean_token_accuracy``).
+        log_sum_sq: ``(B, T − 1)`` detached ``log Σ_v p_v²`` at counted positions, 0 elsewhere (WPO's term,
+            :func:`zephyr.objectives.weighting.log_sum_sq_probs`).
+        token_logps: ``(B, T − 1)`` differentiable log-prob of each counted shifted label, 0 elsewhere (LD-DPO).
+        mask: ``(B, T − 1)`` bool, where a shifted label counts.
+    """
+
+    entropy_sum: torch.Tensor
+    top1_count: torch.Tensor
+    log_sum_sq: torch.Tensor
+    token_logps: torch.Tensor
+    mask: torch.Tensor
+
+
 class SequenceLogps(NamedTuple):
     """Output of :func:`token_logps_from_hidden`; all ``(B,)``.
 
@@ -133,35 +156,71 @@ class SequenceLogps(NamedTuple):
         token_counts: per-row number of counted tokens (int64).
         logits_sum: per-row sum of the raw logits over counted positions × vocab, fp32, detached
             (feed to :func:`masked_logits_mean` for ``logits/chosen``).
+        stats: :class:`TokenStats` when asked for (``stats=True``), else ``None``.
     """
 
     logps: torch.Tensor
     token_counts: torch.Tensor
     logits_sum: torch.Tensor
+    stats: TokenStats | None = None
+
+
+def cat_sequence_logps(first: SequenceLogps, second: SequenceLogps) -> SequenceLogps:
+    """Rows of ``first`` then ``second`` (chosen then rejected), ``stats`` included when both have them."""
+    stats = None
+    if first.stats is not None and second.stats is not None:
+        stats = TokenStats(*(torch.cat([a, b]) for a, b in zip(first.stats, second.stats)))
+    return SequenceLogps(*(torch.cat([a, b]) for a, b in zip(first[:3], second[:3])), stats)
+
+
+def _logits_stats(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(N, 3)`` detached [entropy, top-1 hit, log Σ p²] of fp32 ``(N, V)`` logits with ``(N,)`` targets."""
+    with torch.no_grad():
+        logp = torch.log_softmax(logits, dim=-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        top1 = (logits.argmax(-1) == targets).float()
+        return torch.stack([entropy, top1, torch.logsumexp(2 * logp, dim=-1)], dim=-1)
+
+
+def token_stats_from_logits(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100) -> TokenStats:
+    """:class:`TokenStats` from full ``(B, T, V)`` logits (unchunked; the shift of :func:`completion_logps`)."""
+    _check_shapes(logits, labels, "logits", "labels", dims=3)
+    shifted = labels[:, 1:]
+    mask = shifted != ignore_index
+    logits = logits[:, :-1, :].float()
+    safe = torch.where(mask, shifted, torch.zeros_like(shifted))
+    token_logps = torch.gather(logits.log_softmax(-1), 2, safe.unsqueeze(2)).squeeze(2) * mask
+    extra = _logits_stats(logits, safe) * mask.unsqueeze(-1)  # (B, T-1, 3)
+    sums = extra.sum(1)
+    return TokenStats(sums[:, 0], sums[:, 1], extra[..., 2], token_logps, mask)
 
 
 def _chunk_logps(
     hidden: torch.Tensor,
-    weight: torch.Tensor,
+    weight: torch.Tensor | torch.nn.Module,
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     softcap: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of ``targets`` and the logit sum for ``(N, H)`` hidden rows; builds one ``(N, V)`` block."""
+    stats: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Log-prob of ``targets`` and the logit sum (+ ``(N, 3)`` stats) for ``(N, H)`` rows; one ``(N, V)`` block."""
     # Project in the model's dtype (what the LM head would do), then upcast: the same numbers as running the
     # head and casting the logits to fp32 as TRL does.
-    logits = torch.nn.functional.linear(hidden, weight, bias)  # (N, V)
+    # The head module itself when given: a sharded strategy (FSDP2, ZeRO-3) gathers its weight in its forward.
+    logits = weight(hidden) if isinstance(weight, torch.nn.Module) else torch.nn.functional.linear(hidden, weight, bias)
     if softcap is not None:  # as the model's forward does it, in the model's dtype
         logits = torch.tanh(logits / softcap) * softcap
     logits = logits.float()
     target_logits = logits.gather(1, targets.unsqueeze(1)).squeeze(1)  # (N,)
     token_logps = target_logits - torch.logsumexp(logits, dim=-1)  # (N,)
+    if stats:
+        return token_logps, logits.detach().sum(-1), _logits_stats(logits.detach(), targets)
     return token_logps, logits.detach().sum(-1)
 
 
 def token_logps_from_hidden(
     hidden: torch.Tensor,
-    lm_head_weight: torch.Tensor,
+    lm_head_weight: torch.Tensor | torch.nn.Module,
     labels: torch.Tensor,
     *,
     lm_head_bias: torch.Tensor | None = None,
@@ -169,6 +228,7 @@ def token_logps_from_hidden(
     chunk_size: int = 1024,
     average: bool = False,
     softcap: float | None = None,
+    stats: bool = False,
 ) -> SequenceLogps:
     """Completion log-probs from hidden states, projecting onto the vocabulary only where labels count.
 
@@ -177,24 +237,29 @@ def token_logps_from_hidden(
 
     Args:
         hidden: ``(B, T, H)`` final hidden states (after the last norm), i.e. the LM head's input.
-        lm_head_weight: ``(V, H)`` LM-head weight (``model.lm_head.weight``).
+        lm_head_weight: ``(V, H)`` LM-head weight (``model.lm_head.weight``), or the LM-head module itself
+            (``model.lm_head``, its bias included), called once per chunk: under FSDP2 or DeepSpeed ZeRO-3 its
+            forward is what gathers the full weight, so pass the module there.
         labels: ``(B, T)`` token ids, ``ignore_index`` on prompt and padding.
         lm_head_bias: optional ``(V,)`` bias (Mistral has none).
         ignore_index: label value that is not scored.
         chunk_size: counted positions projected at once; lower it to save memory.
         average: return per-row means instead of sums (IPO); empty rows give 0.
         softcap: final-logit soft-cap of the model (:func:`logit_softcap`; ``None``: none).
+        stats: also return :class:`TokenStats` (entropy, top-1, WPO term, per-token log-probs) from the same blocks.
 
     Returns:
-        :class:`SequenceLogps` with ``(B,)`` ``logps``, ``token_counts`` and ``logits_sum``.
+        :class:`SequenceLogps` with ``(B,)`` ``logps``, ``token_counts`` and ``logits_sum`` (and ``stats``).
 
     Raises:
         ValueError: on mismatched shapes (naming them) or a non-positive ``chunk_size``.
     """
     _check_shapes(hidden, labels, "hidden", "labels", dims=3)
-    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != hidden.shape[2]:
+    head_weight = lm_head_weight.weight if isinstance(lm_head_weight, torch.nn.Module) else lm_head_weight
+    head_shape = tuple(getattr(head_weight, "ds_shape", head_weight.shape))  # ZeRO-3 keeps the full shape there
+    if len(head_shape) != 2 or head_shape[1] != hidden.shape[2]:
         raise ValueError(
-            f"lm_head_weight shape {tuple(lm_head_weight.shape)} does not match hidden {tuple(hidden.shape)}: "
+            f"lm_head_weight shape {head_shape} does not match hidden {tuple(hidden.shape)}: "
             "expected (V, H) with H = hidden.shape[-1]"
         )
     if chunk_size <= 0:
@@ -215,14 +280,16 @@ def token_logps_from_hidden(
             lm_head_bias,
             targets[start : start + chunk_size],
             softcap,
+            stats,
         )
         if use_checkpoint:
             # Recompute the (chunk, V) block in backward instead of keeping every block alive until then.
-            lp, ls = checkpoint(_chunk_logps, *args, use_reentrant=False)
+            lp, ls, *st = checkpoint(_chunk_logps, *args, use_reentrant=False)
         else:
-            lp, ls = _chunk_logps(*args)
+            lp, ls, *st = _chunk_logps(*args)
         token_logps.append(lp)
         logit_sums.append(ls)
+        extras.extend(st)
 
     counts = mask.sum(-1)  # (B,)
     sums = hidden.new_zeros(batch, dtype=torch.float32)
@@ -230,8 +297,20 @@ def token_logps_from_hidden(
     if token_logps:
         sums = sums.index_add(0, rows, torch.cat(token_logps))
         logits_sum = logits_sum.index_add(0, rows, torch.cat(logit_sums))
-    elif hidden.requires_grad or lm_head_weight.requires_grad:
+    elif hidden.requires_grad or head_weight.requires_grad:
         # Keep the graph connected (zero gradient) so callers can always call backward().
-        sums = sums + 0.0 * (hidden.sum() + lm_head_weight.sum()).float()
+        head_term = lm_head_weight(hidden[:, :0]) if isinstance(lm_head_weight, torch.nn.Module) else lm_head_weight
+        sums = sums + 0.0 * (hidden.sum() + head_term.sum()).float()
     logps = sums / counts.clamp(min=1) if average else sums
-    return SequenceLogps(logps=logps, token_counts=counts, logits_sum=logits_sum)
+    if not stats:
+        return SequenceLogps(logps=logps, token_counts=counts, logits_sum=logits_sum)
+    per_row = hidden.new_zeros(batch, 3, dtype=torch.float32)
+    per_token = hidden.new_zeros(mask.shape, dtype=torch.float32)
+    log_sum_sq = hidden.new_zeros(mask.shape, dtype=torch.float32)
+    if token_logps:
+        flat = torch.cat(extras)
+        per_row = per_row.index_add(0, rows, flat)
+        per_token = per_token.masked_scatter(mask, torch.cat(token_logps))
+        log_sum_sq = log_sum_sq.masked_scatter(mask, flat[:, 2])
+    extra = TokenStats(per_row[:, 0], per_row[:, 1], log_sum_sq, per_token, mask)
+    return SequenceLogps(logps=logps, token_counts=counts, logits_sum=logits_sum, stats=extra)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from zephyr.objectives.logprobs import SequenceLogps, token_logps_from_hidden
+from zephyr.objectives.logprobs import SequenceLogps, cat_sequence_logps, token_logps_from_hidden
 
 __all__ = ["prefix_shared_logps"]
 
@@ -32,6 +32,7 @@ def prefix_shared_logps(
     chunk_size: int = 1024,
     average: bool = False,
     softcap: float | None = None,
+    stats: bool = False,
 ) -> SequenceLogps:
     """Chosen and rejected completion log-probs from one prefix-shared forward.
 
@@ -45,6 +46,7 @@ def prefix_shared_logps(
         chunk_size: counted positions projected at once.
         average: per-row means instead of sums (IPO).
         softcap: final-logit soft-cap (:func:`zephyr.objectives.logprobs.logit_softcap`).
+        stats: also return per-token :class:`~zephyr.objectives.logprobs.TokenStats`.
 
     Returns:
         :class:`SequenceLogps` of ``(2B,)`` tensors, chosen rows first, equal to what
@@ -64,7 +66,8 @@ def prefix_shared_logps(
             chunk_size=chunk_size,
             average=average,
             softcap=softcap,
+            stats=stats,
         )
         for t in (chosen_targets, rejected_targets)
     ]
-    return SequenceLogps(*(torch.cat([a, b]) for a, b in zip(outs[0], outs[1])))
+    return cat_sequence_logps(outs[0], outs[1])

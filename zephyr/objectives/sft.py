@@ -15,16 +15,17 @@ from typing import NamedTuple
 
 import torch
 
-from zephyr.objectives.logprobs import completion_logps, token_logps_from_hidden
+from zephyr.objectives.logprobs import TokenStats, completion_logps, token_logps_from_hidden
 
 __all__ = ["SFTLoss", "sft_loss", "sft_loss_from_hidden"]
 
 
 class SFTLoss(NamedTuple):
-    """Token-mean cross-entropy (0-dim fp32) and the number of counted tokens (0-dim int64)."""
+    """Token-mean cross-entropy (0-dim fp32), the number of counted tokens (0-dim int64), optional token stats."""
 
     loss: torch.Tensor
     num_tokens: torch.Tensor
+    stats: TokenStats | None = None
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100) -> SFTLoss:
@@ -55,6 +56,7 @@ def sft_loss_from_hidden(
     ignore_index: int = -100,
     chunk_size: int = 1024,
     softcap: float | None = None,
+    stats: bool = False,
 ) -> SFTLoss:
     """Same loss as :func:`sft_loss`, computing the LM head only at counted positions, ``chunk_size`` at a time.
 
@@ -66,9 +68,10 @@ def sft_loss_from_hidden(
         ignore_index: label value that is not scored.
         chunk_size: counted positions projected at once (peak extra memory ``chunk_size × V`` fp32).
         softcap: final-logit soft-cap of the model (:func:`zephyr.objectives.logprobs.logit_softcap`).
+        stats: also return :class:`~zephyr.objectives.logprobs.TokenStats` (entropy, top-1) from the same chunks.
 
     Returns:
-        :class:`SFTLoss` ``(loss, num_tokens)``.
+        :class:`SFTLoss` ``(loss, num_tokens, stats)``.
     """
     out = token_logps_from_hidden(
         hidden,
@@ -78,6 +81,7 @@ def sft_loss_from_hidden(
         ignore_index=ignore_index,
         chunk_size=chunk_size,
         softcap=softcap,
+        stats=stats,
     )
     num_tokens = out.token_counts.sum()
-    return SFTLoss(-out.logps.sum() / num_tokens.clamp(min=1), num_tokens)
+    return SFTLoss(-out.logps.sum() / num_tokens.clamp(min=1), num_tokens, out.stats)
