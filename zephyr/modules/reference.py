@@ -37,6 +37,8 @@ import hashlib
 import json
 import logging
 import os
+import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
@@ -213,11 +215,13 @@ class RefLogpsCache:
             log.warning("reference cache %s is unreadable (%s); recomputing", p, e)
             return None
 
-    def save(self, key: str, tensors: dict[str, torch.Tensor], parts: dict[str, Any]) -> Path:
-        """Write atomically; ``parts`` (the key's ingredients) go into the file's metadata for inspection."""
+    def save(
+        self, key: str, tensors: dict[str, torch.Tensor], parts: dict[str, Any], extra: dict[str, str] | None = None
+    ) -> Path:
+        """Write atomically; ``parts`` (the key's ingredients) and ``extra`` go into the file's metadata."""
         from safetensors.torch import save
 
-        meta = {"key": key, "parts": json.dumps(parts, sort_keys=True)}
+        meta = {"key": key, "parts": json.dumps(parts, sort_keys=True), **(extra or {})}
         data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
         p = self.path(key)
         _atomic_write_bytes(p, data)
@@ -235,6 +239,7 @@ def compute_ref_logps(
     chunk_size: int = 1024,
     autocast: Callable[[], Any] | None = None,
     desc: str = "reference log-probs",
+    expected: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run the reference over every batch (with a progress bar) and scatter results by ``batch["index"]``.
 
@@ -249,12 +254,13 @@ def compute_ref_logps(
         autocast: a context-manager factory for mixed precision (the trainer's), so cached values match what
             the same forward would give inside training.
         desc: progress bar label.
+        expected: the indices the batches cover (one rank's share of the fill); ``None``: all ``0..N-1``.
 
     Returns:
-        ``{"chosen": (N,), "rejected": (N,)}`` fp32 on CPU.
+        ``{"chosen": (N,), "rejected": (N,)}`` fp32 on CPU (NaN outside ``expected``).
 
     Raises:
-        RuntimeError: an index was never filled, or a value is not finite (naming the split and pair).
+        RuntimeError: an expected index was never filled, or a value is not finite (naming the split and pair).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -262,7 +268,7 @@ def compute_ref_logps(
     rejected = torch.full((num_items,), float("nan"))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=False) as progress:
-        task = progress.add_task(desc, total=num_items)
+        task = progress.add_task(desc, total=num_items if expected is None else len(expected))
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast() if autocast is not None else nullcontext():
@@ -270,11 +276,20 @@ def compute_ref_logps(
             idx = batch["index"].cpu()
             chosen[idx], rejected[idx] = c.float().cpu(), r.float().cpu()
             progress.advance(task, len(idx))
+    check_filled({"chosen": chosen, "rejected": rejected}, desc, expected)
+    return {"chosen": chosen, "rejected": rejected}
+
+
+def check_filled(table: dict[str, torch.Tensor], desc: str, expected: torch.Tensor | None = None) -> None:
+    """Raise ``RuntimeError`` naming the first pair (of ``expected``, default all) whose log-prob is NaN or inf."""
+    chosen, rejected = table["chosen"], table["rejected"]
+    if expected is not None:
+        chosen, rejected = chosen[expected], rejected[expected]
     bad = (~torch.isfinite(chosen)) | (~torch.isfinite(rejected))
     if bad.any():
         first = int(bad.nonzero()[0])
+        first = int(expected[first]) if expected is not None else first
         raise RuntimeError(f"{desc}: reference log-prob of pair {first} is missing or not finite")
-    return {"chosen": chosen, "rejected": rejected}
 
 
 # ---- the reference the DPO step asks -------------------------------------------------------------------------
@@ -286,6 +301,54 @@ def check_mode(mode: str) -> str:
     if mode not in REFERENCE_MODES:
         raise ValueError(f"objective.reference.mode={mode!r} must be one of {REFERENCE_MODES}")
     return mode
+
+
+SYNC_MODES = ("soft", "hard")
+
+
+def check_sync(sync: str | None, *, mode: str, alpha: Any, every_n_steps: Any, adapters: bool = False) -> None:
+    """Refuse a TR-DPO reference sync that cannot run (``ValueError`` naming the ``objective.reference`` key).
+
+    The sync needs a separate reference copy whose weights move: ``mode=live`` (the cache holds the log-probs of
+    fixed weights), and no adapters (a PEFT policy's reference is its own base with the adapters off: there is
+    no copy to move, and merging the adapters into the base would change the policy too).
+    """
+    if sync is None:
+        return
+    if sync not in SYNC_MODES:
+        raise ValueError(f"objective.reference.sync={sync!r} must be one of {SYNC_MODES} or null (off)")
+    if mode != "live":
+        raise ValueError(
+            f"objective.reference.sync={sync} needs objective.reference.mode=live: mode={mode} caches the log-probs "
+            "of fixed reference weights, and a synced reference changes during training"
+        )
+    if adapters:
+        raise ValueError(
+            f"objective.reference.sync={sync} is not available with adapters: the reference is the base model with "
+            "the adapters off (no separate copy to sync); train without adapter=..., or merge the adapters into a "
+            "new starting model"
+        )
+    if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+        raise ValueError(f"objective.reference.every_n_steps={every_n_steps!r} must be an integer >= 1")
+    if sync == "soft" and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1):
+        raise ValueError(f"objective.reference.alpha={alpha!r} must be a number in (0, 1]")
+
+
+def check_reference_config(cfg: Any) -> None:
+    """Run's pre-model check of ``objective.reference`` (mode, TR-DPO sync): bad input -> one ``ConfigError`` line."""
+    from zephyr.errors import ConfigError
+    from zephyr.models.adapters import uses_adapter
+
+    node = cfg.get("objective", {}).get("reference") if hasattr(cfg, "get") else None
+    if not hasattr(node, "get"):
+        return
+    try:
+        mode = check_mode(node.get("mode", "cache"))
+        sync = node.get("sync")
+        alpha, every = node.get("alpha", 0.6), node.get("every_n_steps", 512)
+        check_sync(sync, mode=mode, alpha=alpha, every_n_steps=every, adapters=uses_adapter(cfg))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 class PairData(Protocol):
@@ -340,6 +403,10 @@ class Reference:
         precision: the trainer precision (bf16 log-probs differ from fp32 ones).
         dtype: the reference weights' dtype.
         root_dir: ``paths.root_dir`` (default cache folder and the checkpoint-fingerprint memo).
+        sync: TR-DPO (:meth:`after_optimizer_step`): ``soft``, ``hard`` or ``None`` (off); live mode only.
+        alpha: the soft sync's weight of the policy, ``ref <- alpha * policy + (1 - alpha) * ref``.
+        every_n_steps: sync after every ``every_n_steps``-th optimizer step.
+        fill_timeout_s: how long a rank waits for the other ranks' shards of a cache fill.
     """
 
     def __init__(
@@ -358,8 +425,20 @@ class Reference:
         precision: str = "32-true",
         dtype: str = "float32",
         root_dir: str | os.PathLike = ".",
+        sync: str | None = None,
+        alpha: float = 0.6,
+        every_n_steps: int = 512,
+        fill_timeout_s: float = 3600.0,
     ):
         self.mode = check_mode(mode)
+        check_sync(
+            sync, mode=mode, alpha=alpha, every_n_steps=every_n_steps, adapters=hasattr(policy, "disable_adapter")
+        )
+        self.sync, self.alpha, self.every_n_steps = sync, float(alpha), int(every_n_steps)
+        self.fill_timeout_s = float(fill_timeout_s)
+        self.sync_steps: list[int] = []  # optimizer steps after which the reference was synced (this process)
+        self.synced_step = 0  # the last one, restored on resume
+        self._pending_state: dict[str, Any] | None = None  # a checkpoint's reference, applied once the copy exists
         self.policy, self.model_cfg = policy, model
         self.forward_opts = {"average": bool(average), "chunked": chunked, "chunk_size": int(chunk_size)}
         self.cache_dir, self.batch_size = cache_dir, int(batch_size)
@@ -423,14 +502,16 @@ class Reference:
         Args:
             data: the preference data (set up here if it is not yet).
             device: where reference forwards run.
-            trainer: the Lightning trainer, if any: its precision context is used for the fill, rank 0 fills and
-                the other ranks wait at a barrier, then read the files.
+            trainer: the Lightning trainer, if any: its precision context is used for the fill; with several
+                ranks each fills its share of the batches (:meth:`_fill_sharded`).
         """
         if self.data is not None:
             return
         self.data = data
         if self.mode == "live":
             self.model = self._frozen(device)
+            if self._pending_state is not None:
+                self.load_state_dict(self._pending_state)
             return
         if self.cache_dir:
             cache_dir = Path(str(self.cache_dir))
@@ -444,25 +525,117 @@ class Reference:
         keys = {s: cache_key(self.key_parts(s)) for s in splits}
         tables = {s: self.cache.load(k) for s, k in keys.items()}
         missing = [s for s, t in tables.items() if t is None or len(t["chosen"]) != len(splits[s])]
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        if world > 1:  # every rank acts on rank 0's view of the cache (one small broadcast)
+            missing, fill_id = trainer.strategy.broadcast((missing, uuid.uuid4().hex[:12]), src=0)
         if not missing:
             log.info("reference log-probs: cache hit in %s (reference model not loaded)", self.cache.root)
-        elif trainer is None or trainer.is_global_zero:
-            frozen = self._frozen(device)
-            autocast = trainer.precision_plugin.forward_context if trainer is not None else None
+        elif world == 1:
+            frozen, autocast = self._frozen(device), self._autocast(trainer)
             for s in missing:
-                loader = DataLoader(splits[s], batch_size=self.batch_size, shuffle=False, collate_fn=data.collate)
-                counted = (self._count(b) for b in loader)
-                desc = f"reference log-probs ({s})"
-                tables[s] = compute_ref_logps(
-                    frozen, counted, len(splits[s]), device=device, autocast=autocast, desc=desc, **self.forward_opts
-                )
+                tables[s] = self._fill(frozen, splits[s], s, device, autocast, 0, 1)
                 written = self.cache.save(keys[s], tables[s], self.key_parts(s))
                 log.info("reference log-probs for %d %s pairs cached in %s", len(splits[s]), s, written)
             del frozen  # frees a second copy of the weights before training starts
-        if missing and trainer is not None and trainer.world_size > 1:
-            trainer.strategy.barrier("reference_cache")
+        else:
+            self._fill_sharded(trainer, splits, keys, missing, fill_id, device)
             tables = {s: self.cache.load(k) for s, k in keys.items()}
         self.tables = {s: t for s, t in tables.items() if t is not None}
+
+    @staticmethod
+    def _autocast(trainer: Any) -> Callable[[], Any] | None:
+        return trainer.precision_plugin.forward_context if trainer is not None else None
+
+    def _fill(
+        self, frozen: FrozenReference, items: list, split: str, device, autocast, rank: int, world: int
+    ) -> dict[str, torch.Tensor]:
+        """Reference log-probs of ``rank``'s share of ``items``: batches ``rank::world`` of the one-process fill.
+
+        The batches are the ones a one-process fill runs (``batch_size`` consecutive pairs), dealt round-robin, so
+        each value comes out of the same forward over the same rows: the merged table equals the one-process
+        table bit for bit.
+        """
+        n, bs = len(items), self.batch_size
+        own = [list(range(i, min(i + bs, n))) for i in range(rank * bs, n, world * bs)]
+        loader = DataLoader(items, batch_sampler=own, collate_fn=self._bound().collate)
+        counted = (self._count(b) for b in loader)
+        desc = f"reference log-probs ({split})" + (f" rank {rank}/{world}" if world > 1 else "")
+        expected = torch.tensor([i for b in own for i in b], dtype=torch.long) if world > 1 else None
+        before = self.forwards
+        table = compute_ref_logps(
+            frozen, counted, n, device=device, autocast=autocast, desc=desc, expected=expected, **self.forward_opts
+        )
+        if world > 1:
+            log.info("%s: ran %d of %d batches (%d pairs)", desc, self.forwards - before, -(-n // bs), len(expected))
+            table = {"index": expected, "chosen": table["chosen"][expected], "rejected": table["rejected"][expected]}
+        return table
+
+    def _shard_path(self, key: str, fill_id: str, rank: int) -> Path:
+        assert self.cache is not None
+        return self.cache.root / f"{self.cache.path(key).stem}.{fill_id}.rank{rank}.pt"
+
+    def _fill_sharded(
+        self, trainer: Any, splits: dict[str, list], keys: dict[str, str], missing: list[str], fill_id: str, device
+    ) -> None:
+        """Every rank fills its share of each missing split; rank 0 merges the shards into the one cache file.
+
+        Each rank writes ``<entry>.<fill id>.rank<r>.pt`` atomically, then waits on the file system (not on a
+        collective, whose timeout a long fill would outlast) until every rank's shard is there, at most
+        ``fill_timeout_s`` (``objective.reference.fill_timeout_s``). The strategy's barriers surround only the
+        merge: rank 0 scatters the shards into one table, writes the cache entry atomically (the same file a
+        one-process fill writes, the ranks' pair counts in its ``shards`` metadata) and removes the shards; then
+        every rank reads the merged file.
+        """
+        rank, world = int(trainer.global_rank), int(trainer.world_size)
+        frozen, autocast = self._frozen(device), self._autocast(trainer)
+        for s in missing:
+            shard = self._fill(frozen, splits[s], s, device, autocast, rank, world)
+            with atomic_open(self._shard_path(keys[s], fill_id, rank), "wb") as f:
+                torch.save({"key": keys[s], "fill": fill_id, "rank": rank, "world": world, **shard}, f)
+        del frozen
+        self._wait_for_shards([self._shard_path(keys[s], fill_id, r) for s in missing for r in range(world)])
+        trainer.strategy.barrier("reference_fill_shards")
+        if rank == 0:
+            for s in missing:
+                paths = [self._shard_path(keys[s], fill_id, r) for r in range(world)]
+                table = {"chosen": torch.full((len(splits[s]),), float("nan")), "rejected": None}
+                table["rejected"] = table["chosen"].clone()
+                counts = {}
+                for r, p in enumerate(paths):
+                    part = torch.load(p, map_location="cpu", weights_only=True)
+                    if part["key"] != keys[s] or part["fill"] != fill_id:
+                        raise RuntimeError(f"reference cache shard {p} belongs to another fill")
+                    table["chosen"][part["index"]], table["rejected"][part["index"]] = part["chosen"], part["rejected"]
+                    counts[str(r)] = len(part["index"])
+                check_filled(table, f"reference log-probs ({s}, merged from {world} ranks)")
+                extra = {"shards": json.dumps(counts)}
+                written = self.cache.save(keys[s], table, self.key_parts(s), extra)
+                for p in self.cache.root.glob(f"{self.cache.path(keys[s]).stem}.*.rank*.pt"):
+                    p.unlink(missing_ok=True)  # this fill's shards and any a crashed earlier fill left
+                log.info(
+                    "reference log-probs for %d %s pairs (%d ranks) cached in %s",
+                    len(table["chosen"]),
+                    s,
+                    world,
+                    written,
+                )
+        trainer.strategy.barrier("reference_fill_merged")
+
+    def _wait_for_shards(self, paths: list[Path]) -> None:
+        """Poll until every shard file exists; after ``fill_timeout_s`` raise naming the missing ones."""
+        deadline = time.monotonic() + self.fill_timeout_s
+        while True:
+            absent = [p for p in paths if not p.is_file()]
+            if not absent:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(p.name for p in absent[:4]) + (" ..." if len(absent) > 4 else "")
+                raise TimeoutError(
+                    f"reference cache fill: after {self.fill_timeout_s:.0f}s {len(absent)} rank shard(s) are still "
+                    f"missing in {absent[0].parent} ({names}): a rank failed or is far slower (raise "
+                    "objective.reference.fill_timeout_s, or check that every rank sees the same cache_dir)"
+                )
+            time.sleep(0.2)
 
     def _count(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.forwards += 1
@@ -479,16 +652,79 @@ class Reference:
         device = batch["index"].device
         return table["chosen"][idx].to(device), table["rejected"][idx].to(device)
 
+    # ---- TR-DPO: the reference follows the policy (Gorbatovski et al. 2024, arXiv 2404.09656) -----------------
+    def after_optimizer_step(self, step: int) -> bool:
+        """Sync the reference to the policy when optimizer step ``step`` (1-based) is a multiple of ``every_n_steps``.
+
+        Called from the optimizer step (``DPOModule.optimizer_step``, before checkpoint callbacks run); a step is
+        synced at most once.
+        Returns whether it synced.
+        """
+        if self.sync is None or self.model is None or step <= self.synced_step or step % self.every_n_steps:
+            return False
+        self.sync_weights()
+        self.synced_step = step
+        self.sync_steps.append(step)
+        return True
+
+    @torch.no_grad()
+    def sync_weights(self) -> None:
+        """``hard``: ref <- policy; ``soft``: ref <- alpha * policy + (1 - alpha) * ref (TRL's SyncRefModelCallback).
+
+        Parameters only (as TRL), matched by name (a compiled policy's ``_orig_mod.`` is looked through); a sharded
+        policy parameter (FSDP2's ``DTensor``) is gathered with ``full_tensor()`` first.
+        """
+        assert self.model is not None
+        policy = {n.replace("_orig_mod.", ""): p for n, p in self.policy.named_parameters()}
+        for name, ref in self.model.model.named_parameters():
+            src = policy[name]
+            src = (src.full_tensor() if hasattr(src, "full_tensor") else src).detach().to(ref.device, ref.dtype)
+            if self.sync == "hard":
+                ref.copy_(src)
+            else:
+                ref.mul_(1.0 - self.alpha).add_(src, alpha=self.alpha)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """What a checkpoint must carry for an exact resume (``None`` with sync off).
+
+        With sync on: the reference weights and the last synced step (a synced reference is no longer the
+        starting model, and rebuilding it from ``model`` on resume would give the starting weights).
+        """
+        if self.sync is None or self.model is None:
+            return None
+        weights = {n: p.detach().cpu().clone() for n, p in self.model.model.named_parameters()}
+        return {"weights": weights, "synced_step": self.synced_step}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore :meth:`state_dict` (now, or once :meth:`prepare` has built the copy)."""
+        if state is None:
+            return
+        if self.model is None:
+            self._pending_state = state
+            return
+        params = dict(self.model.model.named_parameters())
+        absent = sorted(set(params) - set(state["weights"]))
+        if absent:
+            raise RuntimeError(f"the checkpoint's synced reference lacks {len(absent)} parameter(s), e.g. {absent[0]}")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state["weights"][name].to(p.device, p.dtype))
+        self.synced_step, self._pending_state = int(state["synced_step"]), None
+
 
 __all__ = [
     "REFERENCE_MODES",
+    "SYNC_MODES",
     "FrozenReference",
     "PairData",
     "RefLogpsCache",
     "Reference",
     "base_state_dict",
     "cache_key",
+    "check_filled",
     "check_mode",
+    "check_reference_config",
+    "check_sync",
     "checkpoint_fingerprint",
     "compute_ref_logps",
     "state_dict_fingerprint",
