@@ -70,14 +70,14 @@ def validate_unpaired(row: Mapping[str, Any]) -> tuple[list[dict[str, str]], dic
     """
     if not isinstance(row, Mapping):
         raise ConversationError(f"row must be a mapping, got {type(row).__name__}")
+    if "completion" not in row and "chosen" in row and "rejected" in row:
+        raise ConversationError(
+            "a preference pair, not an unpaired row (prompt, completion, label): use objective=dpo, or split the "
+            "pairs with zephyr.feedback.kto.unpair"
+        )
     for key in ("prompt", "completion", "label"):
         if key not in row or row[key] is None:
-            if key == "prompt" and "chosen" in row and "rejected" in row:
-                raise ConversationError(
-                    "a preference pair, not an unpaired row (prompt, completion, label): use objective=dpo, or "
-                    "split it with zephyr.feedback.kto.unpair"
-                )
-            raise ConversationError(f"missing column {key!r} (unpaired rows have prompt, completion, label)")
+            raise ConversationError(f"missing column {key!r} (an unpaired row has prompt, completion, label)")
     label = row["label"]
     if not isinstance(label, bool):
         raise ConversationError(f"'label' must be true or false, got {label!r}")
