@@ -1,4 +1,4 @@
-"""zephyr command line: data | serve | generate | eval | report | export | demo.
+"""zephyr command line: data | serve | generate | eval | report | export | demo | iterate.
 
 Training is Hydra's job (``python train.py ...``); this CLI holds the other verbs. Each command group lives
 next to its code and adds itself through a ``register(subparsers)`` function, so this file only lists them.
@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "zephyr.serve.cli",
     "zephyr.eval.cli",
     "zephyr.demo_cli",
+    "zephyr.iterate_cli",
 ]
 
 

@@ -1,0 +1,526 @@
+"""``zephyr iterate``: iterative dDPO on the toy world: rounds of generate -> judge -> binarize -> DPO.
+
+The demo's world, settings and evaluation (:mod:`zephyr.demo`), with the feedback loop repeated:
+
+* ``sft_data``, ``dsft`` as in the demo (``<out>/data``, ``<out>/dsft``), then ``eval_dsft``;
+* round ``r`` in ``<out>/round_<r>/``: prompts (``iterate.prompts``: ``fresh`` = a new draw of
+  ``feedback.prompts`` train questions each round, round 1's being the demo's; ``same`` = round 1's set);
+  completions from the pool where the round ``r-1`` policy answers for the ``dsft`` member (``round<r-1>`` in
+  the rows; round 1: the dSFT model) and verifier judging through :func:`zephyr.feedback.complete.collect_feedback`
+  (the ``zephyr data feedback`` path: row-level resume) -> ``feedback/``; ``binarize`` with the demo's policy ->
+  ``pairs.jsonl``; ``ddpo`` from the round ``r-1`` export with reference = that export (``previous``) or the
+  dSFT model (``sft``), reference log-probs cached in ``ref_cache/`` (key: the reference weights' fingerprint)
+  -> ``ddpo/model`` (the round's export); ``eval`` on the held-out questions -> ``eval.json``;
+* ``compute_matched/``: one dDPO round from the dSFT model on every round's prompts (deduplicated), trained for
+  the rounds' total DPO optimizer steps.
+
+Each folder keeps ``stages.json``; a rerun of the same command reuses finished stages (and finished feedback rows
+inside an interrupted feedback stage). ``<out>/report.json`` holds ``rounds``, ``accuracy``, ``heldout_n``,
+``seed``; ``report.md`` and ``accuracy.png`` are drawn from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from zephyr.demo import CONF_DIR, QUIET_TRAINING, Stages, load_settings
+
+ROUND_STAGES = ("sampling", "judging", "binarize", "ddpo", "eval")
+PROMPTS = ("fresh", "same")
+REFERENCES = ("previous", "sft")
+BACKENDS = ("local", "openai", "vllm")
+REPORT_KEYS = ("rounds", "accuracy", "heldout_n", "seed")
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------------
+def load_iterate_settings(
+    size: str = "full", overrides: Sequence[str] = (), config: str | os.PathLike | None = None
+) -> DictConfig:
+    """Demo settings (``size``) + ``conf/iterate/toy.yaml`` + the ``config`` file + dotlist ``overrides``.
+
+    Raises:
+        ValueError: a missing/unreadable config file, an unknown key in it or in ``overrides``, or a bad value of
+            ``iterate.prompts`` / ``iterate.reference`` / ``iterate.generation.backend`` / ``iterate.rounds``.
+    """
+    mine = [o for o in overrides if o.split("=", 1)[0].lstrip("+").startswith("iterate.")]
+    demo = [o for o in overrides if o not in mine]
+    cfg = OmegaConf.merge(load_settings(size, demo), OmegaConf.load(CONF_DIR / "iterate" / "toy.yaml"))
+    layers: list[tuple[str, Any]] = []
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise ValueError(f"--config {path}: no such file")
+        try:
+            layers.append((f"--config {path}", OmegaConf.load(path)))
+        except Exception as e:  # a YAML syntax error
+            raise ValueError(f"--config {path}: {str(e).splitlines()[0]}") from None
+    for o in mine:
+        if "=" not in o:
+            raise ValueError(f"iterate overrides must look like key=value, got {o!r}")
+        layers.append((f"--set {o}", OmegaConf.from_dotlist([o.lstrip("+")])))
+    for o in demo:  # already checked by load_settings; applied again so that they win over the config file
+        layers.append((f"--set {o}", OmegaConf.from_dotlist([o])))
+    OmegaConf.set_struct(cfg, True)
+    if isinstance(cfg.world.get("teacher"), DictConfig):
+        OmegaConf.set_struct(cfg.world.teacher, False)
+    for where, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except Exception as e:
+            hint = "(see conf/iterate/toy.yaml, conf/demo/full.yaml)"
+            raise ValueError(f"{where}: {str(e).splitlines()[0]} {hint}") from None
+    OmegaConf.set_struct(cfg, False)
+    check_settings(cfg)
+    return cfg
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse bad ``iterate.*`` values with one line naming the key."""
+    it = cfg.iterate
+    for key, value, allowed in (
+        ("prompts", it.prompts, PROMPTS),
+        ("reference", it.reference, REFERENCES),
+        ("generation.backend", it.generation.backend, BACKENDS),
+    ):
+        if value not in allowed:
+            raise ValueError(f"iterate.{key} must be one of {'|'.join(allowed)}, got {value!r}")
+    if not isinstance(it.rounds, int) or it.rounds < 1:
+        raise ValueError(f"iterate.rounds must be an integer >= 1, got {it.rounds!r}")
+    pool = list(it.pool if it.pool is not None else cfg.feedback.pool)
+    if "dsft" not in pool:
+        raise ValueError(f"iterate.pool: name the policy member 'dsft' (answered by the round r-1 policy), got {pool}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Round ingredients
+# --------------------------------------------------------------------------------------------------
+def prompt_seed(seed: int, round_: int, mode: str) -> int:
+    """The toy-task draw seed of a round's prompts: round 1 (and every round with ``same``) is the demo's."""
+    return 10_000 + seed if mode == "same" or round_ == 1 else 10_000 + seed + 1_000 * (round_ - 1)
+
+
+def round_prompts(settings: DictConfig, seed: int, round_: int) -> list[dict[str, Any]]:
+    """Round ``round_``'s ``feedback.prompts`` train questions (``iterate.prompts`` = fresh | same)."""
+    from zephyr.demo import world_families
+    from zephyr.feedback.complete import load_prompts
+
+    spec = {"source": "toy_tasks", "n": int(settings.feedback.prompts), "families": world_families(settings)}
+    return load_prompts({**spec, "seed": prompt_seed(seed, round_, str(settings.iterate.prompts))})
+
+
+def union_prompts(rounds: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Every round's prompts in order, each prompt once (the compute-matched round's prompt set)."""
+    seen: set[str] = set()
+    out = []
+    for rows in rounds:
+        for p in rows:
+            if p["prompt_id"] not in seen:
+                seen.add(p["prompt_id"])
+                out.append(p)
+    return out
+
+
+def check_vllm() -> None:
+    """Refuse ``iterate.generation.backend=vllm`` without CUDA or without vLLM installed (one line)."""
+    if not torch.cuda.is_available():
+        raise ValueError(
+            "iterate.generation.backend=vllm needs a CUDA GPU and none is visible; use backend=local "
+            "(CPU) or backend=openai with base_url"
+        )
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise ValueError("iterate.generation.backend=vllm: vLLM is not installed (pip install -e '.[vllm]')") from None
+
+
+class VLLMBackend:
+    """``ChatBackend`` over an in-process vLLM engine on an exported checkpoint (optional extra ``.[vllm]``, CUDA).
+
+    Raises:
+        ValueError: no CUDA device, or vLLM is not installed (one line each).
+    """
+
+    def __init__(self, path: str | os.PathLike, name: str, *, gpu_memory_utilization: float = 0.5):
+        check_vllm()
+        from vllm import LLM, SamplingParams
+
+        self._params = SamplingParams
+        self.llm = LLM(model=str(path), gpu_memory_utilization=float(gpu_memory_utilization))
+        self.name, self.path = name, str(path)
+
+    def chat_batch(self, batch, *, temperature=0.7, top_p=1.0, max_tokens=256, n=1, seed=None, stop=None) -> list[Any]:
+        """One ``ChatResponse`` per conversation, ``n`` texts each (vLLM batches them itself)."""
+        from zephyr.chat import ChatResponse
+
+        params = self._params(
+            temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, seed=seed, stop=stop or None
+        )
+        outs = self.llm.chat([list(m) for m in batch], params, use_tqdm=False)
+        return [
+            ChatResponse(
+                texts=[c.text.strip() for c in o.outputs],
+                prompt_tokens=len(o.prompt_token_ids or []),
+                completion_tokens=sum(len(c.token_ids) for c in o.outputs),
+                model=self.name,
+                finish_reasons=["length" if c.finish_reason == "length" else "stop" for c in o.outputs],
+            )
+            for o in outs
+        ]
+
+    def chat(self, messages, **kwargs) -> Any:
+        """``chat_batch`` of one conversation."""
+        return self.chat_batch([messages], **kwargs)[0]
+
+
+def policy_backend(settings: DictConfig, model_dir: Path, name: str):
+    """The backend answering for the pool's policy member (``iterate.generation.backend``)."""
+    gen = settings.iterate.generation
+    if gen.backend == "local":
+        from zephyr.generation import LocalCheckpointBackend
+
+        return LocalCheckpointBackend(model_dir, name, batch_size=int(settings.feedback.batch_size))
+    if gen.backend == "openai":
+        from zephyr.feedback.backends import OpenAIBackend
+
+        if not gen.base_url:
+            raise ValueError("iterate.generation.backend=openai needs iterate.generation.base_url (the endpoint)")
+        return OpenAIBackend(
+            model=str(gen.model or model_dir), base_url=str(gen.base_url), api_key_env=gen.api_key_env, name=name
+        )
+    return VLLMBackend(model_dir, name, gpu_memory_utilization=float(gen.gpu_memory_utilization))
+
+
+def train_overrides(settings: DictConfig, out: Path, seed: int, round_: int) -> list[str]:
+    """Overrides every training run of the loop gets: the demo's, ``+iterate.round`` and W&B when enabled."""
+    quiet = [o for o in QUIET_TRAINING if not (settings.iterate.wandb and o == "logger=none")]
+    logger = ["logger=wandb"] if settings.iterate.wandb else []
+    return [f"paths.root_dir={out}", f"seed={seed}", *quiet, *logger, *settings.model, f"+iterate.round={round_}"]
+
+
+@contextmanager
+def wandb_run(settings: DictConfig, group: str, name: str):
+    """Set ``WANDB_RUN_GROUP`` (unless the user set it) and ``WANDB_NAME`` for one training run when W&B is on."""
+    if not settings.iterate.wandb:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("WANDB_RUN_GROUP", "WANDB_NAME")}
+    os.environ.setdefault("WANDB_RUN_GROUP", group)
+    os.environ["WANDB_NAME"] = name
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def ddpo_overrides(settings: DictConfig, steps: int | None = None) -> list[str]:
+    """The demo's ``ddpo`` overrides; with ``steps``, trained for exactly that many optimizer steps."""
+    if steps is None:
+        return list(settings.ddpo)
+    keep = [o for o in settings.ddpo if not o.startswith(("trainer.max_steps=", "trainer.max_epochs="))]
+    return [*keep, f"trainer.max_steps={steps}", "trainer.max_epochs=-1"]
+
+
+def reference_overrides(reference: Path | None, cache_dir: Path) -> list[str]:
+    """``objective.reference`` overrides: the per-round cache folder, and a reference other than the start model."""
+    over = [f"objective.reference.cache_dir={cache_dir}"]
+    if reference is not None:
+        over += [
+            f"objective.reference.model_path={reference}",
+            f"objective.reference.model={{_target_:zephyr.models.mistral.build_model,path:{reference}}}",
+        ]
+    return over
+
+
+def evaluate_dir(settings: DictConfig, model_dir: Path, tasks, tokenizer) -> dict[str, Any]:
+    """:func:`zephyr.demo.evaluate` of an export folder, rendered as it was trained."""
+    from zephyr.demo import evaluate
+    from zephyr.models.export import load_prompt_format
+    from zephyr.models.mistral import build_model
+
+    model = build_model(path=str(model_dir))
+    fmt = load_prompt_format(model_dir)["insert_empty_system"]
+    return evaluate(model, tokenizer, tasks, settings, insert_empty_system=fmt)
+
+
+# --------------------------------------------------------------------------------------------------
+# One round
+# --------------------------------------------------------------------------------------------------
+def run_round(
+    settings: DictConfig,
+    rdir: Path,
+    *,
+    seed: int,
+    round_: int,
+    prompts: list[dict[str, Any]],
+    start: Path,
+    start_name: str,
+    reference: Path | None,
+    common: list[str],
+    steps: int | None,
+    evaluation: tuple[Any, Any],
+    group: str,
+    console,
+) -> dict[str, Any]:
+    """Feedback, binarize, dDPO and eval in ``rdir`` (each stage reused when finished); the round's summary.
+
+    Args:
+        settings: the loop's settings.
+        rdir: the round's folder.
+        seed: the run's seed.
+        round_: the round number (binarize seed, messages).
+        prompts: the round's prompts.
+        start: the policy the round starts from; it answers for the pool's ``dsft`` member as ``start_name``.
+        start_name: the policy's name in the feedback rows.
+        common: the training overrides (:func:`train_overrides`).
+        group: the W&B group.
+        console: rich console.
+        reference: the DPO reference when it is not ``start`` (``None``: ``start``).
+        steps: optimizer steps of the DPO run (``None``: the demo's ``ddpo`` schedule).
+        evaluation: ``(held-out tasks, tokenizer)``.
+    """
+    from zephyr.demo import _feedback, _train
+    from zephyr.feedback.binarize import binarize
+    from zephyr.feedback.store import read_jsonl, write_jsonl
+
+    rdir.mkdir(parents=True, exist_ok=True)
+    stage = Stages(console, rdir / "stages.json")
+    rows = rdir / "feedback" / "ultrafeedback.jsonl"
+    if not (stage.reuse("sampling", rows) and stage.reuse("judging", rows)):
+        clock: dict[str, float] = {}
+        if settings.iterate.pool is not None:
+            settings = OmegaConf.merge(settings, {"feedback": {"pool": list(settings.iterate.pool)}})
+        with stage("feedback", f"round {round_}: pool completions ({start_name} = policy) + verifier judging"):
+            policy = policy_backend(settings, start, start_name)
+            _feedback(settings, rdir, seed, start, clock, console, prompts=prompts, policy=policy)
+        total = stage.seconds.pop("feedback")
+        judging = min(clock.get("judging", 0.0), total)
+        stage.seconds["sampling"], stage.seconds["judging"] = round(total - judging, 2), round(judging, 2)
+        stage.save()
+
+    pairs_path = rdir / "pairs.jsonl"
+    brep_path = rdir / "binarize.json"
+    if not stage.reuse("binarize", pairs_path, brep_path):
+        with stage("binarize", "chosen = best mean rating, rejected = a random other"):
+            b = settings.binarize
+            pairs, brep = binarize(
+                read_jsonl(rows), criterion=b.criterion, rejected=b.rejected, ties=b.ties, seed=seed + round_
+            )
+            if not pairs:
+                raise RuntimeError(f"{rdir / 'feedback'}: binarizing gave no pairs ({brep})")
+            write_jsonl(pairs_path, pairs)
+            brep_path.write_text(json.dumps({"pairs": len(pairs), **brep}, indent=2, default=str) + "\n")
+    brep = json.loads(brep_path.read_text())
+    console.print(f"{brep['pairs']} pairs; chosen from {brep.get('chosen_models')}")
+
+    export = rdir / "ddpo" / "model"
+    if not stage.reuse("ddpo", export / "config.json", rdir / "ddpo" / "metrics.json"):
+        ref = "the dSFT model" if reference is not None else "the start policy"
+        with stage("ddpo", f"round {round_}: DPO (+ NLL on chosen) from {start_name}, reference {ref}"):
+            with wandb_run(settings, group, f"{rdir.name}-ddpo"):
+                _train([*common, "objective=dpo", "data=local_prefs", f"data.path={pairs_path}",
+                        *ddpo_overrides(settings, steps), f"model.path={start}",
+                        *reference_overrides(reference, rdir / "ref_cache"),
+                        f"paths.output_dir={rdir / 'ddpo'}", f"task_name={rdir.name}_ddpo"])  # fmt: skip
+    metrics = json.loads((rdir / "ddpo" / "metrics.json").read_text())
+
+    result_path = rdir / "eval.json"
+    if not stage.reuse("eval", result_path):
+        tasks, tokenizer = evaluation
+        with stage("eval", f"greedy answers to {len(tasks)} held-out questions"):
+            result = evaluate_dir(settings, export, tasks, tokenizer)
+            result_path.write_text(json.dumps(result, indent=2) + "\n")
+    result = json.loads(result_path.read_text())
+    console.print(f"round {round_} ({rdir.name}): held-out accuracy {result['accuracy']:.3f}")
+    return {
+        "round": round_,
+        "accuracy": round(result["accuracy"], 4),
+        "per_family": {k: round(v, 4) for k, v in result["by_family"].items()},
+        "pairs": int(brep["pairs"]),
+        "stages": {k: stage.seconds[k] for k in ROUND_STAGES},
+        "dpo_steps": int(metrics.get("global_step", 0)),
+        "chosen_models": brep.get("chosen_models"),
+        "export": str(export),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+def run_iterate(
+    out: str | os.PathLike = "runs/iter",
+    *,
+    rounds: int | None = None,
+    size: str = "full",
+    seed: int | None = None,
+    prompts: str | None = None,
+    reference: str | None = None,
+    config: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run (or resume) the iterative dDPO loop in ``out``; writes ``report.json``, ``report.md``, ``accuracy.png``.
+
+    Args:
+        out: output folder.
+        rounds: ``iterate.rounds`` (``None``: the settings').
+        prompts: ``iterate.prompts``, fresh | same (``None``: the settings').
+        reference: ``iterate.reference``, previous | sft (``None``: the settings').
+        size: ``full`` or ``ci`` (the demo's reduced world).
+        seed: the seed (default: the settings' ``seed``).
+        config: a YAML file merged over ``conf/iterate/toy.yaml`` and the demo settings.
+        overrides: dotlist overrides (``iterate.*`` and the demo's keys).
+
+    Returns:
+        The report written to ``<out>/report.json``.
+    """
+    from rich.console import Console
+
+    from zephyr.demo import dsft_stages, heldout_tasks
+    from zephyr.tokenizer import load_tokenizer
+
+    flags = [f"iterate.{k}={v}" for k, v in (("rounds", rounds), ("prompts", prompts), ("reference", reference))]
+    settings = load_iterate_settings(size, [*overrides, *(f for f in flags if not f.endswith("=None"))], config)
+    settings.size_name = size
+    if settings.get("threads"):
+        torch.set_num_threads(int(settings.threads))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    if settings.iterate.generation.backend == "vllm":
+        check_vllm()  # before the dSFT stage, not after it
+    console = Console()
+    seed = int(settings.seed if seed is None else seed)
+    root = Path(out).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    group = f"iterate-{root.name}-seed{seed}"
+    n_rounds = int(settings.iterate.rounds)
+    console.rule(f"[bold magenta]iterative dDPO: {n_rounds} rounds, seed {seed} ({size})")
+    (root / "settings.yaml").write_text(OmegaConf.to_yaml(settings))
+
+    stage = Stages(console, root / "stages.json")
+    common0 = train_overrides(settings, root, seed, 0)
+    with wandb_run(settings, group, "dsft"):
+        _, dsft_model, _ = dsft_stages(settings, root, seed, stage, common0, console)
+    tasks, tokenizer = heldout_tasks(settings), load_tokenizer()
+    dsft_eval = root / "dsft" / "eval.json"
+    if not stage.reuse("eval_dsft", dsft_eval):
+        with stage("eval_dsft", f"the dSFT model on {len(tasks)} held-out questions"):
+            dsft_eval.write_text(json.dumps(evaluate_dir(settings, dsft_model, tasks, tokenizer), indent=2) + "\n")
+    dsft_acc = json.loads(dsft_eval.read_text())["accuracy"]
+
+    results, all_prompts = [], []
+    start, start_name = dsft_model, "dsft"
+    for r in range(1, n_rounds + 1):
+        console.rule(f"[bold]round {r}/{n_rounds}[/]: policy = {start_name}")
+        ps = round_prompts(settings, seed, r)
+        all_prompts.append(ps)
+        ref = dsft_model if settings.iterate.reference == "sft" and r > 1 else None
+        res = run_round(
+            settings, root / f"round_{r}", seed=seed, round_=r, prompts=ps, start=start, start_name=start_name,
+            reference=ref, common=train_overrides(settings, root, seed, r), steps=None,
+            evaluation=(tasks, tokenizer), group=group, console=console,
+        )  # fmt: skip
+        results.append(res)
+        start, start_name = Path(res["export"]), f"round{r}"
+
+    matched = None
+    if settings.iterate.compute_matched:
+        console.rule("[bold]compute-matched single round[/]: every round's prompts, the rounds' total DPO steps")
+        matched = run_round(
+            settings, root / "compute_matched", seed=seed, round_=1, prompts=union_prompts(all_prompts),
+            start=dsft_model, start_name="dsft", reference=None, common=train_overrides(settings, root, seed, -1),
+            steps=sum(x["dpo_steps"] for x in results), evaluation=(tasks, tokenizer), group=group, console=console,
+        )  # fmt: skip
+
+    report = {
+        "rounds": [{k: x[k] for k in ("round", "accuracy", "per_family", "pairs", "stages")} for x in results],
+        "accuracy": {
+            "dsft": round(dsft_acc, 4),
+            "single_round": results[0]["accuracy"],
+            "single_round_compute_matched": matched["accuracy"] if matched else None,
+            "final": results[-1]["accuracy"],
+        },
+        "heldout_n": len(tasks),
+        "seed": seed,
+    }
+    (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    details = {"settings": OmegaConf.to_container(settings, resolve=True), "rounds": results, "matched": matched}
+    (root / "details.json").write_text(json.dumps(details, indent=2, default=str) + "\n")
+    written = write_report(root, report, details)
+    print_report(report, console)
+    console.print("wrote " + ", ".join(str(p) for p in [root / "report.json", *written]))
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+def write_report(root: Path, report: dict[str, Any], details: dict[str, Any]) -> list[Path]:
+    """``report.md`` (per-round table, families, chosen models, stage seconds) and ``accuracy.png``."""
+    from matplotlib.figure import Figure
+
+    acc = report["accuracy"]
+    xs = [x["round"] for x in report["rounds"]]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.plot([0, *xs], [acc["dsft"], *(x["accuracy"] for x in report["rounds"])], marker="o", label="iterative dDPO")
+    if acc["single_round_compute_matched"] is not None:
+        ax.axhline(acc["single_round_compute_matched"], color="tab:red", ls="--", label="compute-matched 1 round")
+    ax.set_xticks([0, *xs], ["dSFT", *(f"round {x}" for x in xs)])
+    ax.set_ylabel(f"held-out accuracy (n={report['heldout_n']})")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    png = root / "accuracy.png"
+    fig.savefig(png, dpi=100)
+
+    fams = sorted(set().union(*(x["per_family"] for x in report["rounds"])))
+    lines = [
+        f"# Iterative dDPO (seed {report['seed']}, {report['heldout_n']} held-out questions)",
+        "",
+        "| model | accuracy | pairs | " + " | ".join(fams) + " | chosen from |",
+        "|---|---|---|" + "---|" * len(fams) + "---|",
+        f"| dSFT | {acc['dsft']:.3f} | | " + " | " * len(fams) + " |",
+    ]
+    rows = list(zip(report["rounds"], details["rounds"]))
+    if details.get("matched"):
+        rows.append(({**details["matched"], "round": "compute-matched"}, details["matched"]))
+    for x, d in rows:
+        cells = " | ".join(f"{x['per_family'].get(f, float('nan')):.3f}" for f in fams)
+        lines.append(f"| round {x['round']} | {x['accuracy']:.3f} | {x['pairs']} | {cells} | {d['chosen_models']} |")
+    lines += ["", "Stage seconds per round:", "", "| round | " + " | ".join(ROUND_STAGES) + " |"]
+    lines.append("|---|" + "---|" * len(ROUND_STAGES))
+    for x in report["rounds"]:
+        lines.append(f"| {x['round']} | " + " | ".join(f"{x['stages'][k]:.1f}" for k in ROUND_STAGES) + " |")
+    lines += ["", "![accuracy](accuracy.png)", ""]
+    md = root / "report.md"
+    md.write_text("\n".join(lines))
+    return [md, png]
+
+
+def print_report(report: dict[str, Any], console) -> None:
+    """Per-round accuracy table against dSFT and the compute-matched single round."""
+    from rich.table import Table
+
+    t = Table(title=f"iterative dDPO, held-out accuracy (n={report['heldout_n']}, seed {report['seed']})")
+    for c in ("model", "accuracy", "pairs", "seconds"):
+        t.add_column(c, justify="left" if c == "model" else "right")
+    acc = report["accuracy"]
+    t.add_row("dSFT", f"{acc['dsft']:.3f}", "", "")
+    for x in report["rounds"]:
+        t.add_row(f"round {x['round']}", f"{x['accuracy']:.3f}", str(x["pairs"]), f"{sum(x['stages'].values()):.1f}")
+    if acc["single_round_compute_matched"] is not None:
+        t.add_row("compute-matched 1 round", f"{acc['single_round_compute_matched']:.3f}", "", "")
+    console.print(t)
