@@ -8,6 +8,15 @@ import argparse
 def _run(args: argparse.Namespace) -> int:
     from zephyr.demo import run_demo
 
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    if args.rounds > 1:  # the iterative loop (zephyr iterate) on the same world and settings
+        if args.seeds != 1:
+            raise ValueError("--rounds > 1 runs one seed; run zephyr iterate --seed S once per seed")
+        from zephyr.iterate import run_iterate
+
+        run_iterate(args.out, rounds=args.rounds, size=args.size, seed=args.seed, overrides=args.set)
+        return 0
     run_demo(args.out, size=args.size, seed=args.seed, seeds=args.seeds, overrides=args.set, force=args.force)
     return 0
 
@@ -32,4 +41,8 @@ def register(subparsers) -> None:
         help="override demo settings, e.g. threads=1 feedback.prompts=600 'ddpo=[objective.beta=0.05]'",
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="rerun seeds that already have a report.json")
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="dDPO rounds (default 1: this demo); >1 runs the iterative loop of `zephyr iterate` in OUT",
+    )  # fmt: skip
     p.set_defaults(func=_run)

@@ -136,5 +136,5 @@ def test_compute_matched_steps(resumed):
     assert matched == sum(steps)
     n_prompts = len(read_jsonl(out / "compute_matched" / "feedback" / "ultrafeedback.jsonl"))
     assert n_prompts == len(
-        {r["prompt_id"] for d in (1, 2) for r in read_jsonl(out / f"round_{d}" / "feedback" / "ultrafeedback.jsonl")}
+        {r["instruction"] for d in (1, 2) for r in read_jsonl(out / f"round_{d}" / "feedback" / "ultrafeedback.jsonl")}
     )
