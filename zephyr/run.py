@@ -48,6 +48,7 @@ def check_required(cfg: DictConfig) -> None:
 DATA_FOR = {
     "sft": "data=toy_sft (built-in dialogues), data=local_sft data.path=FILE or data=ultrachat",
     "preference": "data=toy_prefs (built-in pairs), data=local_prefs data.path=FILE or data=ultrafeedback",
+    "unpaired": "data=toy_kto (built-in rows), data=local_kto data.path=FILE or data=kto_mix",
 }
 # old data option -> its new name (conf/data/<old>.yaml is a one-line alias of the new one)
 RENAMED_DATA = {"toy": "toy_sft", "local_jsonl": "local_sft"}
@@ -370,6 +371,19 @@ def prepare_scale(cfg: DictConfig) -> LaunchPlan:
         raise ConfigError(str(e)) from e
 
 
+def build_policy(factory: Any, cfg: DictConfig) -> torch.nn.Module:
+    """``factory()`` (the ``model`` group), its adapters applied right after the build, then ``trainer.compile``."""
+    from zephyr.scale.plan import compile_model
+
+    try:
+        built = factory()
+    except ValueError as e:  # a constructor refusing a value (names the key), as build() reports it
+        raise ConfigError(str(e)) from None
+    model = apply_adapter(built, adapter_config(cfg))
+    log.info("%s", describe_parameters(model))
+    return compile_model(model, cfg)
+
+
 def _final_metrics(trainer: pl.Trainer) -> dict[str, float]:
     out = {}
     for k, v in trainer.callback_metrics.items():
@@ -420,11 +434,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(str(e)) from None
     datamodule = build(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")  # read and validate the data before any model is built: a bad row stops the run now
-    from zephyr.scale.plan import compile_model
-
-    model = apply_adapter(build(cfg.model, **adapter_model_kwargs(cfg)), adapter_config(cfg))
-    log.info("%s", describe_parameters(model))
-    model = compile_model(model, cfg)
+    # the policy is built by the module's configure_model, inside the strategy's init context (ZeRO-3 partitions at
+    # construction, FSDP2 shards right after); the same seeded build as before on a single device
+    model = partial(build_policy, build(cfg.model, _partial_=True, **adapter_model_kwargs(cfg)), cfg)
     module = build(cfg.objective, model=model)  # DPO: its reference reads the pairs from trainer.datamodule
     callbacks, metrics_cb = build_callbacks(cfg, out)
     loggers = build_loggers(cfg, out, flat_cfg)

@@ -76,7 +76,11 @@ class ZephyrModule(pl.LightningModule):
     """Base for the objective modules: owns the policy model, the optimizer and the schedule.
 
     Args:
-        model: the causal LM being trained.
+        model: the causal LM being trained, or a factory building it (a :class:`ModelFactory`, or any zero-argument
+            callable such as Hydra's ``_partial_: true``), called in :meth:`configure_model`, i.e. inside the
+            strategy's init context: DeepSpeed ZeRO-3 partitions the weights as they are created
+            (``deepspeed.zero.Init``, ``from_pretrained`` included), FSDP2 shards right after the build. Until then
+            ``self.model`` is ``None``.
         optimizer: partial optimizer constructor taking the parameters.
         scheduler: ``{"name": cosine|linear|constant, "warmup_ratio": float}``.
         chunked_loss: compute the vocabulary projection only where labels count (see objectives.logprobs).
@@ -85,7 +89,7 @@ class ZephyrModule(pl.LightningModule):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | Callable[[], torch.nn.Module],
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: dict[str, Any] | None = None,
         *,
@@ -93,7 +97,9 @@ class ZephyrModule(pl.LightningModule):
         loss_chunk_size: int = 1024,
     ):
         super().__init__()
-        self.model = model
+        built = isinstance(model, torch.nn.Module)
+        self.model_factory: Callable[[], torch.nn.Module] | None = None if built else model
+        self.model = model if built else None
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler or {"name": "cosine", "warmup_ratio": 0.1})
         self.chunked_loss = chunked_loss
@@ -185,15 +191,28 @@ class ZephyrModule(pl.LightningModule):
 
     # ---- sharding (FSDP2 via Lightning's ModelParallelStrategy; a no-op under every other strategy) -------------
     def configure_model(self) -> None:
-        """FSDP2 ``fully_shard`` per decoder layer when the strategy gives a device mesh (``strategy=fsdp`` on CPU).
+        """Build the model from its factory (once), then FSDP2 ``fully_shard`` it when the strategy gives a mesh.
 
-        See :mod:`zephyr.scale.fsdp2`. Other strategies set no mesh and wrap the model themselves.
+        Lightning calls this inside the strategy's init context (``deepspeed.zero.Init`` under ZeRO-3, where a
+        ``HfDeepSpeedConfig`` is kept alive so ``from_pretrained`` loads partitioned). :meth:`on_model_built` runs
+        right after the build, before any sharding. FSDP2: one unit per decoder layer (:mod:`zephyr.scale.fsdp2`);
+        other strategies set no mesh and wrap the model themselves. Idempotent (``trainer.validate`` after ``fit``
+        calls it again).
         """
+        if self.model is None:
+            from zephyr.scale.fsdp2 import zero3_build_context
+
+            with zero3_build_context(getattr(self._trainer, "strategy", None) if self._trainer else None):
+                self.model = self.model_factory()
+            self.on_model_built()
         if self.device_mesh is None:
             return
         from zephyr.scale.fsdp2 import apply_fully_shard
 
         apply_fully_shard(self, self.model, self.device_mesh)
+
+    def on_model_built(self) -> None:
+        """Hook run once the policy exists (in ``__init__`` for a built model, else in :meth:`configure_model`)."""
 
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self):

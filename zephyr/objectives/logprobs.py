@@ -271,8 +271,8 @@ def token_logps_from_hidden(
     selected = hidden[:, :-1, :][mask]  # (N, H): only positions whose next label counts
     targets = shifted[mask]  # (N,)
 
-    use_checkpoint = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
-    token_logps, logit_sums = [], []
+    use_checkpoint = torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad)
+    token_logps, logit_sums, extras = [], [], []
     for start in range(0, selected.shape[0], chunk_size):
         args = (
             selected[start : start + chunk_size],

@@ -8,6 +8,10 @@ a layer's full weights exist only while it runs. The optimizer is created afterw
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import torch
 
 
@@ -69,3 +73,24 @@ def apply_fully_shard(
         if hasattr(root, name):
             register_fsdp_forward_method(root, name)
     return root
+
+
+@contextmanager
+def zero3_build_context(strategy: Any) -> Iterator[None]:
+    """Keep a ``HfDeepSpeedConfig`` alive while the model is built under DeepSpeed ZeRO-3 (else nothing).
+
+    Lightning already runs ``configure_model`` inside ``deepspeed.zero.Init``, so modules created there (random
+    init) are partitioned at construction; ``from_pretrained`` additionally needs transformers to know ZeRO-3 is
+    on (``is_deepspeed_zero3_enabled``) so it loads each weight into its partition instead of a full copy.
+    """
+    config = getattr(strategy, "config", None) if getattr(strategy, "zero_stage_3", False) else None
+    if config is None:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    hf_ds = HfDeepSpeedConfig(config)  # transformers holds a weak reference: keep it alive for the build
+    try:
+        yield
+    finally:
+        del hf_ds

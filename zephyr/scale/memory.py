@@ -17,8 +17,8 @@ Activations are a rough upper guide for one micro-batch of ``b`` rows x ``s`` to
 layers, using the per-layer ``34·s·b·h`` bytes (16-bit) of Korthikanti et al. 2022 (arXiv 2205.05198, §4.1)
 without the attention-score term (FlashAttention / SDPA never store it). Gradient checkpointing keeps only each
 layer's input (``2·s·b·h`` per layer) plus one layer being recomputed. The loss adds fp32 logits: the whole
-``b·s·V`` block, or one ``chunk x V`` block with ``objective.chunked_loss`` (not under ZeRO-3, see
-:func:`zephyr.scale.plan.prepare`). DPO doubles the rows (chosen and
+``b·s·V`` block, or one ``chunk x V`` block with ``objective.chunked_loss`` (under every strategy: the
+chunks go through the ``lm_head`` module, whose forward gathers a sharded weight). DPO doubles the rows (chosen and
 rejected go through together) and a live reference model adds its unsharded weights. Framework overhead
 (CUDA context ~0.5-1 GB, allocator fragmentation, communication buckets) is not included: keep ~10 % headroom.
 
@@ -311,8 +311,6 @@ def estimates_for_config(cfg: DictConfig, plan: Any = None) -> tuple[list[Memory
         loss_chunk_size=int(cfg.objective.get("loss_chunk_size", 1024)),
     )
     acts = activation_bytes(chunked_loss=chunked, **act_kwargs)
-    # ZeRO-3 runs turn the chunked loss off (zephyr.scale.plan.prepare): full logits there
-    acts_zero3 = activation_bytes(chunked_loss=False, **act_kwargs)
     ref_mode = str((cfg.objective.get("reference") or {}).get("mode", "cache")) if is_dpo else "none"
     # with adapters the reference is the policy's own base with the adapters disabled: no second copy
     reference = n_params * w if ref_mode == "live" and adapter_name not in ("lora", "qlora") else 0.0
@@ -326,7 +324,7 @@ def estimates_for_config(cfg: DictConfig, plan: Any = None) -> tuple[list[Memory
             n_params=trainable,
             world_size=n,
             weight_bytes=w,
-            activations=acts_zero3 if s.startswith("deepspeed_stage_3") else acts,
+            activations=acts,
             reference_bytes=reference,
             fsdp_full_shard=full_shard,
             precision=precision,

@@ -139,10 +139,6 @@ def prepare(cfg: DictConfig, *, print_memory: bool = True) -> LaunchPlan:
     with open_dict(cfg):
         cfg.trainer.accumulate_grad_batches = plan.accumulate
         cfg.trainer.global_batch_size = plan.global_batch_size
-        if plan.zero3 and cfg.objective.get("chunked_loss", False):
-            # the chunked loss reads lm_head.weight outside the head's forward, where ZeRO-3 holds only a shard
-            log.warning("objective.chunked_loss=false under DeepSpeed ZeRO-3 (the LM head is gathered in its forward)")
-            cfg.objective.chunked_loss = False
     log.info("launch: %s", plan.describe())
     if print_memory and cfg.model.get("config") is not None:
         from zephyr.scale.memory import print_memory_estimate
