@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -49,12 +50,14 @@ class StreamState:
         completion_tokens: tokens generated (EOS counted, as OpenAI counts the stop token).
         finish_reason: ``"stop"`` (EOS or a stop string) or ``"length"`` (``max_tokens`` reached).
         text: the full completion text emitted so far.
+        token_ids: the completion's token ids (EOS excluded).
     """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "length"
     text: str = ""
+    token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -92,6 +95,62 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.G
         choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)
         return int(order[choice].item())
     return int(torch.multinomial(probs, 1, generator=gen).item())
+
+
+def _seeded(seed: int | None) -> torch.Generator:
+    """A CPU sampling generator seeded with ``seed`` (``None``: fresh OS randomness)."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+    return gen
+
+
+class _TextStream:
+    """One sequence's tokens turned into final text deltas: EOS, stop strings, held-back text, partial UTF-8.
+
+    ``push`` takes each sampled token and returns ``(delta, done)``; ``close`` returns what is left once the
+    sequence ends (by ``done`` or by ``max_tokens``) and completes ``state``. ``Generator.stream`` and
+    ``BatchScheduler`` both run every token through it, so a batched answer is cut exactly like a solo one.
+    """
+
+    def __init__(self, generator: Generator, stop: Sequence[str] | None, state: StreamState):
+        self.decode, self.eos_ids, self.state = generator._decode, generator.eos_ids, state
+        self.stops = [s for s in (stop or []) if s]
+        self.ids = state.token_ids
+        self.emitted = 0  # characters of the decoded completion already returned
+        self.cut: str | None = None  # the text cut at a stop string, once found
+        state.finish_reason = "length"
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """Account for ``token``; return the newly final text and whether the sequence has ended."""
+        st, stops = self.state, self.stops
+        st.completion_tokens += 1
+        if token in self.eos_ids:
+            st.finish_reason = "stop"
+            return "", True
+        self.ids.append(token)
+        text = self.decode(self.ids)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 byte sequence: wait for the rest
+            return "", False
+        if stops:
+            start = max(0, self.emitted - max(len(s) for s in stops))
+            hits = [p for p in (text.find(s, start) for s in stops) if p >= 0]
+            if hits:
+                self.cut = text[: min(hits)]
+                st.finish_reason = "stop"
+                return "", True
+        safe = len(text) - _held_back(text, stops)
+        if safe > self.emitted:
+            st.text = text[:safe]
+            delta, self.emitted = text[self.emitted : safe], safe
+            return delta, False
+        return "", False
+
+    def close(self) -> str:
+        """The text not yet returned; ``state.text`` becomes the full completion."""
+        text = self.cut if self.cut is not None else self.decode(self.ids)
+        rest = text[self.emitted :] if len(text) > self.emitted else ""
+        self.state.text = text
+        return rest
 
 
 class Generator:
@@ -174,47 +233,24 @@ class Generator:
             Pieces of completion text; their concatenation is ``state.text``.
         """
         st = state if state is not None else StreamState()
-        stops = [s for s in (stop or []) if s]
         st.prompt_tokens = len(prompt_ids)
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+        text = _TextStream(self, stop, st)
         input_ids = torch.tensor([prompt_ids], device=self.device)  # (1, T)
         past = None
-        out_ids: list[int] = []
-        emitted = 0  # characters of the decoded completion already yielded
-        text = ""
-        st.finish_reason = "length"
-        cut = False
+        gen = _seeded(seed)
         for _ in range(max_tokens):
             out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
             past = out.past_key_values
             token = _sample(out.logits[0, -1].to("cpu"), temperature, top_p, gen)
-            st.completion_tokens += 1
-            if token in self.eos_ids:
-                st.finish_reason = "stop"
+            delta, done = text.push(token)
+            if delta:
+                yield delta
+            if done:
                 break
-            out_ids.append(token)
             input_ids = torch.tensor([[token]], device=self.device)  # (1, 1)
-            text = self._decode(out_ids)
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 byte sequence: wait for the rest
-                continue
-            if stops:
-                start = max(0, emitted - max(len(s) for s in stops))
-                hits = [p for p in (text.find(s, start) for s in stops) if p >= 0]
-                if hits:
-                    text, cut = text[: min(hits)], True
-                    st.finish_reason = "stop"
-                    break
-            safe = len(text) - _held_back(text, stops)
-            if safe > emitted:
-                st.text = text[:safe]
-                yield text[emitted:safe]
-                emitted = safe
-        if not cut:
-            text = self._decode(out_ids)
-        if len(text) > emitted:
-            yield text[emitted:]
-        st.text = text
+        rest = text.close()
+        if rest:
+            yield rest
 
     def complete(
         self,
@@ -317,6 +353,308 @@ class Generator:
 def choice_seeds(n: int, seed: int | None) -> list[int | None]:
     """The seed of each of ``n`` choices: ``seed + i`` for choice ``i`` (all ``None`` when unseeded)."""
     return [None if seed is None else int(seed) + i for i in range(int(n))]
+
+
+class SequenceHandle:
+    """One sequence submitted to a ``BatchScheduler``: its state, its end, and a way to cancel it.
+
+    ``on_event(kind, value)`` is called from the scheduler thread with ``("delta", text)`` for each final piece
+    of text, then exactly once with ``("finish", state)`` or ``("error", exception)``.
+    """
+
+    def __init__(self, prompt_ids: list[int], options: dict[str, Any], on_event=None):
+        self.prompt_ids = list(prompt_ids)
+        self.options = options
+        self.on_event = on_event
+        self.state = StreamState(prompt_tokens=len(self.prompt_ids))
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop generating this sequence at the scheduler's next step (a disconnected client)."""
+        self.cancelled.set()
+
+    def wait(self, timeout: float | None = None) -> StreamState:
+        """Block until the sequence ends; its final state, or raises the error that ended it."""
+        if not self.done.wait(timeout):
+            raise TimeoutError("sequence still generating")
+        if self.error is not None:
+            raise self.error
+        return self.state
+
+    def _emit(self, kind: str, value: Any) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, value)
+            except Exception:  # a gone client must not stop the batch
+                self.cancelled.set()
+
+    def _end(self, error: BaseException | None = None) -> None:
+        if self.done.is_set():
+            return
+        self.error = error
+        self.done.set()
+        self._emit("error" if error is not None else "finish", error if error is not None else self.state)
+
+
+class _Row:
+    """A sequence being decoded: its handle, text stream, sampler and the token to feed next."""
+
+    def __init__(self, handle: SequenceHandle, text: _TextStream, gen: torch.Generator, token: int):
+        self.handle, self.text, self.gen, self.token = handle, text, gen, token
+
+
+class BatchScheduler:
+    """Continuous batching over one ``Generator``: sequences join and leave a running batch between decode steps.
+
+    A background thread takes submitted sequences from a queue. Each new sequence is prefilled alone (the same
+    forward pass as ``Generator.stream``, so its first token is the solo one), then its KV cache is left-padded
+    into the running batch. Every step feeds each row its last token with an attention mask over its real
+    columns and its own position id (its count of real tokens), samples each row from its own seeded
+    ``torch.Generator`` and runs the token through the row's ``_TextStream`` (EOS, stop strings, max_tokens),
+    so each sequence ends exactly where a solo run would. Guarantees: greedy rows give the solo run's tokens;
+    a seeded sampled row draws the same random numbers as a solo run with that seed (its text is the same
+    unless float rounding of a differently shaped batch moves a probability across a draw, which is rare);
+    unseeded rows draw fresh randomness. A failing sequence (prefill, sampling) ends with its error and the
+    others go on; a failing batched step ends the rows of that step only. Models with a sliding window behave
+    as without one (the server's context check keeps short models exact; rows longer than the window differ).
+
+    Args:
+        generator: the loaded checkpoint.
+        max_batch_size: most sequences decoded together.
+        window_ms: when idle, wait this long after the first arrival for others to start with it.
+    """
+
+    def __init__(self, generator: Generator, max_batch_size: int = 8, window_ms: float = 5.0):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.generator = generator
+        self.max_batch_size = int(max_batch_size)
+        self.window_s = max(0.0, float(window_ms)) / 1000.0
+        self._queue: queue.Queue[SequenceHandle | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._rows: list[_Row] = []
+        self._kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (B, H, C, D)
+        self._mask = torch.zeros((0, 0), dtype=torch.long)  # (B, C), 1 = a real cached token
+        self._cache = None
+        self.steps = 0  # batched decode steps run (for tests and benches)
+        self.max_rows_seen = 0
+
+    def submit(
+        self,
+        prompt_ids: list[int],
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+        on_event=None,
+    ) -> SequenceHandle:
+        """Queue one sequence; returns its handle at once (the scheduler thread starts on first use)."""
+        opts = {"temperature": float(temperature), "top_p": float(top_p), "max_tokens": int(max_tokens)}
+        handle = SequenceHandle(prompt_ids, {**opts, "seed": seed, "stop": stop}, on_event)
+        if self._closed.is_set():
+            handle._end(RuntimeError("the server is shutting down"))
+            return handle
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="zephyr-batch-scheduler")
+                self._thread.start()
+        self._queue.put(handle)
+        return handle
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread; sequences still queued or decoding end with a shutdown error."""
+        self._closed.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                h = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if h is not None:
+                h._end(RuntimeError("the server is shutting down"))
+
+    def _take(self) -> list[SequenceHandle]:
+        """New sequences for the free slots: block (then wait ``window_ms``) when idle, else only what is queued."""
+        free = self.max_batch_size - len(self._rows)
+        got: list[SequenceHandle] = []
+        if free <= 0:
+            return got
+        try:
+            first = self._queue.get(timeout=0.5) if not self._rows else self._queue.get_nowait()
+        except queue.Empty:
+            return got
+        if first is None:
+            return got
+        got.append(first)
+        deadline = time.perf_counter() + (self.window_s if not self._rows else 0.0)
+        while len(got) < free:
+            left = deadline - time.perf_counter()
+            try:
+                h = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if h is None:
+                break
+            got.append(h)
+        return got
+
+    def _loop(self) -> None:
+        while not self._closed.is_set():
+            for h in self._take():
+                self._admit(h)
+            self._drop(lambda r: r.handle.cancelled.is_set(), None)
+            if self._rows:
+                self._step()
+        for r in self._rows:
+            r.handle._end(RuntimeError("the server is shutting down"))
+        self._rows, self._kv, self._cache = [], [], None
+        self._fail_queued()
+
+    @torch.inference_mode()
+    def _admit(self, h: SequenceHandle) -> None:
+        """Prefill ``h`` alone, take its first token, and left-pad its cache into the running batch."""
+        from transformers.cache_utils import DynamicCache
+
+        g, o = self.generator, h.options
+        if h.cancelled.is_set():
+            h._end(RuntimeError("cancelled"))
+            return
+        try:
+            text = _TextStream(g, o["stop"], h.state)
+            gen = _seeded(o["seed"])
+            with g.lock:
+                out = g.model(
+                    input_ids=torch.tensor([h.prompt_ids], device=g.device),
+                    past_key_values=DynamicCache(),
+                    use_cache=True,
+                )
+            token = _sample(out.logits[0, -1].to("cpu"), o["temperature"], o["top_p"], gen)
+            row = _Row(h, text, gen, token)
+            if self._advance(row):
+                return
+            kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        except Exception as e:  # this sequence fails alone
+            h._end(e)
+            return
+        self._sync()
+        n = len(h.prompt_ids)
+        width = max(self._mask.shape[1], n)
+        old = self._pad(self._kv, self._mask, width) if self._rows else None
+        new_kv = [(self._left_pad(k, width), self._left_pad(v, width)) for k, v in kv]
+        new_mask = torch.zeros((1, width), dtype=torch.long)
+        new_mask[0, width - n :] = 1
+        if old is None:
+            self._kv, self._mask = new_kv, new_mask
+        else:
+            old_kv, old_mask = old
+            self._kv = [(torch.cat([a, b]), torch.cat([c, d])) for (a, c), (b, d) in zip(old_kv, new_kv)]
+            self._mask = torch.cat([old_mask, new_mask])
+        self._rows.append(row)
+        self._cache = None  # rebuilt from ``_kv`` at the next step
+        self.max_rows_seen = max(self.max_rows_seen, len(self._rows))
+
+    def _sync(self) -> None:
+        """Take the running cache's tensors back into ``_kv`` (the model's forward grows the cache object)."""
+        if self._cache is not None:
+            self._kv = [(layer.keys, layer.values) for layer in self._cache.layers]
+            self._cache = None
+
+    @staticmethod
+    def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+        """``t`` (B, H, C, D) with zero columns prepended up to ``width``."""
+        extra = width - t.shape[2]
+        if extra <= 0:
+            return t
+        return torch.cat([t.new_zeros((*t.shape[:2], extra, t.shape[3])), t], dim=2)
+
+    def _pad(self, kv, mask: torch.Tensor, width: int):
+        pad = width - mask.shape[1]
+        if pad > 0:
+            mask = torch.cat([torch.zeros((mask.shape[0], pad), dtype=mask.dtype), mask], dim=1)
+        return [(self._left_pad(k, width), self._left_pad(v, width)) for k, v in kv], mask
+
+    def _advance(self, row: _Row) -> bool:
+        """Run ``row.token`` through the row's text stream; end the sequence and return True when it is over."""
+        delta, done = row.text.push(row.token)
+        if delta:
+            row.handle._emit("delta", delta)
+        if done or row.handle.state.completion_tokens >= row.handle.options["max_tokens"]:
+            rest = row.text.close()
+            if rest:
+                row.handle._emit("delta", rest)
+            row.handle._end()
+            return True
+        return False
+
+    def _drop(self, gone, error: BaseException | None) -> None:
+        """Remove the rows for which ``gone(row)`` holds (ending cancelled ones) and trim all-padding columns."""
+        keep = [i for i, r in enumerate(self._rows) if not gone(r)]
+        if len(keep) == len(self._rows):
+            return
+        for i, r in enumerate(self._rows):
+            if i not in keep and not r.handle.done.is_set():
+                r.handle._end(error or RuntimeError("cancelled"))
+        self._sync()
+        self._rows = [self._rows[i] for i in keep]
+        if not self._rows:
+            self._kv, self._mask, self._cache = [], torch.zeros((0, 0), dtype=torch.long), None
+            return
+        idx = torch.tensor(keep)
+        mask = self._mask[idx]
+        first = int(mask.any(dim=0).long().argmax())  # leading columns no remaining row uses
+        self._mask = mask[:, first:]
+        self._kv = [(k[idx.to(k.device), :, first:], v[idx.to(v.device), :, first:]) for k, v in self._kv]
+        self._cache = None
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        """One batched decode step over every row; rows that end leave the batch."""
+        from transformers.cache_utils import DynamicCache
+
+        g = self.generator
+        try:
+            if self._cache is None:
+                self._cache = DynamicCache(ddp_cache_data=self._kv)
+            tokens = torch.tensor([[r.token] for r in self._rows], device=g.device)  # (B, 1)
+            positions = self._mask.sum(dim=1, keepdim=True)  # (B, 1): real tokens before this one
+            self._mask = torch.cat([self._mask, torch.ones((len(self._rows), 1), dtype=torch.long)], dim=1)
+            with g.lock:
+                out = g.model(
+                    input_ids=tokens,
+                    attention_mask=self._mask.to(g.device),
+                    position_ids=positions.to(g.device),
+                    past_key_values=self._cache,
+                    use_cache=True,
+                )
+            logits = out.logits[:, -1].to("cpu")  # (B, V)
+        except Exception as e:  # the whole step failed: its rows end with the error, the scheduler goes on
+            self._cache = None
+            self._drop(lambda r: True, e)
+            return
+        self.steps += 1
+        ended: set[int] = set()  # ids of the rows that end here
+        for i, r in enumerate(self._rows):
+            o = r.handle.options
+            try:
+                r.token = _sample(logits[i], o["temperature"], o["top_p"], r.gen)
+                if self._advance(r):
+                    ended.add(id(r))
+            except Exception as e:  # this row fails alone
+                r.handle._end(e)
+                ended.add(id(r))
+        if ended:
+            self._drop(lambda r: id(r) in ended, None)
 
 
 class GeneratorBackend:

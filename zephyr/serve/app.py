@@ -6,35 +6,38 @@ Endpoints: ``POST /v1/chat/completions`` (JSON or ``stream=true`` server-sent ev
 
 Design choices:
 
-* The model loads once; one generation runs at a time (``Generator.lock``). On CPU a second concurrent
-  forward pass only slows both down, and the lock keeps seeded sampling reproducible.
-* Generation runs in a worker thread, so ``/health`` answers while a request is generating. A streaming
-  worker checks a cancel flag after every token: a client that disconnects frees the model at once.
+* The model loads once; requests are decoded together by a ``BatchScheduler`` (continuous batching: up to
+  ``max_batch_size`` sequences per step; a request arriving while a batch runs joins it at the next step; when
+  idle, the first arrival waits ``batch_window_ms`` for others). Each sequence keeps its own max_tokens,
+  temperature, top_p, stop strings and seeded sampler, so greedy answers are the solo run's tokens and seeded
+  ones are reproducible (see ``BatchScheduler``). A sequence that fails ends its own request only.
+* Generation runs in the scheduler thread, so ``/health`` answers while requests are generating. Streaming
+  requests get one SSE chunk per final text delta; a client that disconnects cancels its sequences at the
+  next step. Shutting the app down ends queued and running sequences with an error and stops the thread.
 * We parse and validate the body ourselves (pydantic, ``extra="ignore"`` so unknown OpenAI parameters such
   as ``presence_penalty`` pass) to bound its size while reading and to answer every problem in OpenAI's
   error shape ``{"error": {"message", "type", "param", "code"}}``: 400 for invalid requests, 401 for a
   wrong bearer token, 404 for unknown routes/models, 413 for oversized bodies.
-* ``n`` choices are generated one after another with seeds ``seed, seed+1, ...``, so choice ``i`` of a
-  streamed request equals choice ``i`` of the same request without streaming.
+* ``n`` choices are ``n`` sequences in the batch with seeds ``seed, seed+1, ...`` (``choice_seeds``), so
+  choice ``i`` of a streamed request equals choice ``i`` of the same request without streaming.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
-import queue
-import threading
 import time
 import uuid
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from zephyr.generation import Generator, StreamState
+from zephyr.generation import BatchScheduler, Generator, SequenceHandle, StreamState, choice_seeds
 
 
 class ContentPart(BaseModel):
@@ -118,6 +121,8 @@ def create_app(
     max_n: int = 8,
     device: str = "cpu",
     dtype: str = "float32",
+    max_batch_size: int = 8,
+    batch_window_ms: float = 5.0,
 ) -> FastAPI:
     """Build the server app.
 
@@ -132,6 +137,8 @@ def create_app(
         max_n: most choices per request.
         device: torch device for ``model_dir`` ("cpu", "cuda", "cuda:1").
         dtype: weights dtype for ``model_dir`` ("float32", "bfloat16", "float16").
+        max_batch_size: most sequences decoded together (1 = one at a time).
+        batch_window_ms: when idle, how long the first request waits for others to start with it.
 
     Returns:
         The FastAPI application.
@@ -144,8 +151,16 @@ def create_app(
     served_id = model_id or gen.model_id
     created = int(time.time())
     context = int(getattr(gen.model.config, "max_position_embeddings", 0) or 0)
-    app = FastAPI(title="zephyr", docs_url=None, redoc_url=None, openapi_url=None)
+    scheduler = BatchScheduler(gen, max_batch_size=max_batch_size, window_ms=batch_window_ms)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        await asyncio.to_thread(scheduler.close)
+
+    app = FastAPI(title="zephyr", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.generator = gen
+    app.state.scheduler = scheduler
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -231,27 +246,36 @@ def create_app(
         opts = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "stop": req.stop}
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         now = int(time.time())
-        if req.stream:
+        events: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        stream = req.stream
+
+        def submit(i: int, seed: int | None) -> SequenceHandle:
+            def on_event(kind: str, value: Any) -> None:
+                if stream or kind != "delta":
+                    loop.call_soon_threadsafe(events.put_nowait, (kind, i, value))
+
+            return scheduler.submit(prompt_ids, seed=seed, on_event=on_event, **opts)
+
+        handles = [submit(i, s) for i, s in enumerate(choice_seeds(req.n, req.seed))]
+        if stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                _sse(gen, prompt_ids, req, opts, rid, now, served_id, include_usage),
+                _sse(events, handles, len(prompt_ids), rid, now, served_id, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-
-        def run() -> list[StreamState]:
-            states = []
-            with gen.lock:
-                for i in range(req.n):
-                    st = StreamState()
-                    seed = None if req.seed is None else req.seed + i
-                    for _ in gen.stream(prompt_ids, seed=seed, state=st, **opts):
-                        pass
-                    states.append(st)
-            return states
-
-        states = await anyio.to_thread.run_sync(run)
-        completion = sum(s.completion_tokens for s in states)
+        states: list[StreamState | None] = [None] * req.n
+        try:
+            for _ in range(req.n):
+                kind, i, value = await events.get()
+                if kind == "error":
+                    raise APIError(500, f"generation failed: {value}", "server_error")
+                states[i] = value
+        finally:
+            for h in handles:
+                h.cancel()  # no-op for finished ones; frees the batch when this request failed or was dropped
+        completion = sum(s.completion_tokens for s in states if s is not None)
         return {
             "id": rid,
             "object": "chat.completion",
@@ -266,6 +290,7 @@ def create_app(
                     "finish_reason": s.finish_reason,
                 }
                 for i, s in enumerate(states)
+                if s is not None
             ],
             "usage": {
                 "prompt_tokens": len(prompt_ids),
@@ -292,63 +317,43 @@ def _chunk(rid: str, now: int, model: str, choices: list[dict[str, Any]], usage:
 
 
 async def _sse(
-    gen: Generator,
-    prompt_ids: list[int],
-    req: ChatRequest,
-    opts: dict[str, Any],
+    events: asyncio.Queue,
+    handles: list[SequenceHandle],
+    prompt_tokens: int,
     rid: str,
     now: int,
     model: str,
     include_usage: bool,
 ):
-    """Server-sent events for one streamed request: role chunk, content deltas, finish chunk per choice."""
-    events: queue.Queue = queue.Queue()
-    cancel = threading.Event()
-
-    def worker() -> None:
-        try:
-            with gen.lock:
-                for i in range(req.n):
-                    st = StreamState()
-                    seed = None if req.seed is None else req.seed + i
-                    events.put(("start", i, None))
-                    for delta in gen.stream(prompt_ids, seed=seed, state=st, **opts):
-                        if cancel.is_set():
-                            return
-                        events.put(("delta", i, delta))
-                    events.put(("finish", i, st))
-        except Exception as e:  # reported to the client as an error event
-            events.put(("error", -1, e))
-        finally:
-            events.put(("done", -1, None))
-
-    threading.Thread(target=worker, daemon=True, name=f"zephyr-serve-{rid}").start()
+    """Server-sent events for one streamed request: a role chunk per choice, content deltas, a finish chunk each."""
     completion = 0
     try:
-        while True:
-            kind, i, value = await anyio.to_thread.run_sync(events.get)
-            if kind == "start":
-                delta = {"role": "assistant", "content": ""}
-                yield _chunk(rid, now, model, [{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
-            elif kind == "delta":
+        for i in range(len(handles)):
+            delta = {"role": "assistant", "content": ""}
+            yield _chunk(rid, now, model, [{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
+        open_choices = len(handles)
+        while open_choices:
+            kind, i, value = await events.get()
+            if kind == "delta":
                 choice = {"index": i, "delta": {"content": value}, "logprobs": None, "finish_reason": None}
                 yield _chunk(rid, now, model, [choice])
             elif kind == "finish":
+                open_choices -= 1
                 completion += value.completion_tokens
                 choice = {"index": i, "delta": {}, "logprobs": None, "finish_reason": value.finish_reason}
                 yield _chunk(rid, now, model, [choice])
-            elif kind == "error":
+            else:  # error: reported to the client as an error event; the other choices go on
+                open_choices -= 1
                 err = {"error": {"message": f"generation failed: {value}", "type": "server_error", "code": None}}
                 yield f"data: {json.dumps(err)}\n\n"
-            else:
-                break
         if include_usage:
             usage = {
-                "prompt_tokens": len(prompt_ids),
+                "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion,
-                "total_tokens": len(prompt_ids) + completion,
+                "total_tokens": prompt_tokens + completion,
             }
             yield _chunk(rid, now, model, [], usage=usage)
         yield "data: [DONE]\n\n"
     finally:
-        cancel.set()  # a disconnected client stops the worker at its next token
+        for h in handles:
+            h.cancel()  # a disconnected client stops its sequences at the scheduler's next step

@@ -20,6 +20,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.max_batch_size < 1:
+        raise ValueError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
+    if args.batch_window_ms < 0:
+        raise ValueError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if not _is_loopback(args.host) and api_key is None:
         if not args.insecure_no_auth:
@@ -51,6 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_n=args.max_n,
         device=args.device,
         dtype=args.dtype,
+        max_batch_size=args.max_batch_size,
+        batch_window_ms=args.batch_window_ms,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
@@ -81,6 +87,13 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0 = torch default; 1 is best on a busy machine)"
+    )
+    p.add_argument("--max-batch-size", type=int, default=8, help="most sequences decoded together (1 = one at a time)")
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=5.0,
+        help="when idle, how long the first request waits for others to start in the same batch",
     )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
