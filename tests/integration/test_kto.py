@@ -75,6 +75,7 @@ def test_bad_row_is_one_line_before_any_model(tmp_path, row, reason):
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1] == f"train.py: error: {data}: row 2: {reason} (set data.on_bad_row=skip to skip and count bad rows)"
+    hint = "(set data.on_bad_row=skip to skip and count bad rows)"
+    assert lines[-1] == f"train.py: error: {data}: row 2: {reason} {hint}"
     assert "Traceback" not in proc.stderr and sum(x.startswith("train.py: error") for x in lines) == 1
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -37,7 +37,12 @@ import torch
 from zephyr.data.chat_template import ConversationError, validate_messages
 from zephyr.data.io import RowReport
 from zephyr.data.preference import tokenize_completions
-from zephyr.data.preference_module import PreferenceDataModule, collate_pairs, collate_pairs_shared, examples_fingerprint
+from zephyr.data.preference_module import (
+    PreferenceDataModule,
+    collate_pairs,
+    collate_pairs_shared,
+    examples_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +167,7 @@ class KTODataModule(PreferenceDataModule):
     ) -> tuple[list[dict[str, Any]], RowReport]:
         report = RowReport(source=source, read=len(rows))
         items = []
-        for i, row in enumerate(rows):
+        for row in rows:
             prompt_messages, turn, label = validate_unpaired(row)
             ex = tokenize_completions(
                 self.tokenizer,
