@@ -18,7 +18,8 @@ COMPOSE_ONLY = {"model/mistral_7b", "data/ultrachat", "data/ultrafeedback"}
 
 def group_options():
     for group in sorted(p for p in CONF.iterdir() if p.is_dir()):
-        if group.name in ("experiment", "sweep", "launcher", "feedback", "demo"):
+        # feedback, demo, iterate: the settings of `zephyr data`, `zephyr demo` and `zephyr iterate`, not train groups
+        if group.name in ("experiment", "sweep", "launcher", "feedback", "demo", "iterate"):
             continue
         for opt in sorted(group.rglob("*.yaml")):
             yield f"{group.name}/{opt.relative_to(group).with_suffix('')}"
