@@ -29,7 +29,14 @@ from zephyr.callbacks import (
     step_checkpoints,
 )
 from zephyr.errors import ConfigError
-from zephyr.models.adapters import adapter_config, apply_adapter, check_adapter, describe_parameters, is_peft_model
+from zephyr.models.adapters import (
+    adapter_config,
+    apply_adapter,
+    check_adapter,
+    describe_parameters,
+    is_peft_model,
+    uses_adapter,
+)
 from zephyr.models.adapters import model_kwargs as adapter_model_kwargs
 from zephyr.scale.plan import LaunchPlan
 from zephyr.secrets import redact, scrub, scrub_run_files, secret_values
@@ -371,15 +378,28 @@ def prepare_scale(cfg: DictConfig) -> LaunchPlan:
         raise ConfigError(str(e)) from e
 
 
-def build_policy(factory: Any, cfg: DictConfig) -> torch.nn.Module:
-    """``factory()`` (the ``model`` group), its adapters applied right after the build, then ``trainer.compile``."""
+def policy_factory(cfg: DictConfig) -> Any:
+    """The :class:`~zephyr.modules.base.ModelFactory` of the policy, called by the module's ``configure_model``.
+
+    The ``model`` group as a partial; adapters and ``trainer.compile`` applied right after the build; a local
+    checkpoint without adapters may be loaded shard by shard under FSDP2.
+    """
+    from zephyr.modules.base import ModelFactory
+    from zephyr.scale.fsdp2 import local_checkpoint
+
+    adapter = adapter_config(cfg)
+    return ModelFactory(
+        build=build(cfg.model, _partial_=True, **adapter_model_kwargs(cfg)),
+        prepare=partial(prepare_policy, adapter=adapter, cfg=cfg),
+        checkpoint=None if uses_adapter(cfg) else local_checkpoint(cfg.model.get("path")),
+    )
+
+
+def prepare_policy(model: torch.nn.Module, *, adapter: Any, cfg: DictConfig) -> torch.nn.Module:
+    """The adapters applied right after the build, the parameter summary logged, then ``trainer.compile``."""
     from zephyr.scale.plan import compile_model
 
-    try:
-        built = factory()
-    except ValueError as e:  # a constructor refusing a value (names the key), as build() reports it
-        raise ConfigError(str(e)) from None
-    model = apply_adapter(built, adapter_config(cfg))
+    model = apply_adapter(model, adapter)
     log.info("%s", describe_parameters(model))
     return compile_model(model, cfg)
 
@@ -436,7 +456,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("fit")  # read and validate the data before any model is built: a bad row stops the run now
     # the policy is built by the module's configure_model, inside the strategy's init context (ZeRO-3 partitions at
     # construction, FSDP2 shards right after); the same seeded build as before on a single device
-    model = partial(build_policy, build(cfg.model, _partial_=True, **adapter_model_kwargs(cfg)), cfg)
+    model = policy_factory(cfg)
     module = build(cfg.objective, model=model)  # DPO: its reference reads the pairs from trainer.datamodule
     callbacks, metrics_cb = build_callbacks(cfg, out)
     loggers = build_loggers(cfg, out, flat_cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -70,6 +71,38 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[i
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
+
+
+class ModelFactory:
+    """How :meth:`ZephyrModule.configure_model` builds the policy inside the strategy's init context.
+
+    A plain class, not a dataclass: Hydra would turn a dataclass argument of ``instantiate`` into a config.
+
+    Args:
+        build: zero-argument builder of the bare model (a Hydra ``_partial_`` of the ``model`` group).
+        prepare: applied right after the build (adapters, ``torch.compile``); identity when ``None``.
+        checkpoint: a local safetensors checkpoint of ``build`` that FSDP2 may load shard by shard onto a
+            meta-device build (``None``: build whole, then shard; e.g. random init or adapters).
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], torch.nn.Module],
+        prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+        checkpoint: Path | None = None,
+    ):
+        self.build, self.checkpoint = build, checkpoint
+        self.prepare = prepare or (lambda model: model)
+
+    def __call__(self) -> torch.nn.Module:
+        """``prepare(build())``; a constructor's ``ValueError`` (naming the key) as a one-line :class:`ConfigError`."""
+        from zephyr.errors import ConfigError
+
+        try:
+            model = self.build()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return self.prepare(model)
 
 
 class ZephyrModule(pl.LightningModule):
@@ -199,17 +232,22 @@ class ZephyrModule(pl.LightningModule):
         other strategies set no mesh and wrap the model themselves. Idempotent (``trainer.validate`` after ``fit``
         calls it again).
         """
-        if self.model is None:
-            from zephyr.scale.fsdp2 import zero3_build_context
+        from zephyr.scale import fsdp2
 
-            with zero3_build_context(getattr(self._trainer, "strategy", None) if self._trainer else None):
+        checkpoint = getattr(self.model_factory, "checkpoint", None) if self.device_mesh is not None else None
+        if self.model is None and checkpoint is not None:  # FSDP2 from a checkpoint: meta, shard, load shards
+            self.model = self.model_factory.prepare(fsdp2.meta_model_from_checkpoint(self.model_factory.build))
+            self.on_model_built()
+            fsdp2.apply_fully_shard(self, self.model, self.device_mesh)
+            fsdp2.materialize(self, self.device)
+            fsdp2.load_checkpoint_shards(self.model, checkpoint)
+            return
+        if self.model is None:
+            with fsdp2.zero3_build_context(getattr(self._trainer, "strategy", None) if self._trainer else None):
                 self.model = self.model_factory()
             self.on_model_built()
-        if self.device_mesh is None:
-            return
-        from zephyr.scale.fsdp2 import apply_fully_shard
-
-        apply_fully_shard(self, self.model, self.device_mesh)
+        if self.device_mesh is not None:
+            fsdp2.apply_fully_shard(self, self.model, self.device_mesh)
 
     def on_model_built(self) -> None:
         """Hook run once the policy exists (in ``__init__`` for a built model, else in :meth:`configure_model`)."""

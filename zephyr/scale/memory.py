@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 GB = 1e9
@@ -401,6 +402,51 @@ def print_memory_estimate(cfg: DictConfig, console=None, plan: Any = None) -> li
     rows, facts = estimates_for_config(cfg, plan)
     (console or Console(stderr=True, width=132)).print(render_table(rows, facts, selected=plan.option))
     return rows
+
+
+def _status_kib(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), in KiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(f"/proc/self/status has no {field}")
+
+
+class PeakMemory(pl.Callback):
+    """Lightning callback measuring this rank's host-memory peak of the run (Linux), written as JSON.
+
+    Measured peak = peak RSS from the callback's ``setup`` (data read, model not built yet) to the end of
+    ``fit`` minus the RSS at that ``setup``: the process's high-water mark (``VmHWM``) is reset at ``setup``
+    (``/proc/self/clear_refs`` = 5), read at ``on_fit_end`` and the ``setup`` RSS (``VmRSS``) subtracted. So it
+    counts what the model, its gradients, optimizer states and the steps' activations add over the process
+    baseline (interpreter, torch, tokenizer, data), which is what :func:`estimates_for_config` estimates.
+    Writes ``<default_root_dir>/memory_rank<R>.json`` with ``baseline_bytes``, ``peak_bytes``, ``delta_bytes``.
+    Add to a run with ``+callbacks.peak_memory._target_=zephyr.scale.memory.PeakMemory``.
+    """
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            return
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        self.baseline_kib = _status_kib("VmRSS")
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.model_ready_kib = _status_kib("VmRSS")  # model built (and sharded), optimizer created, no step yet
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        peak = _status_kib("VmHWM")
+        report = {
+            "rank": int(trainer.global_rank),
+            "world_size": int(trainer.world_size),
+            "baseline_bytes": self.baseline_kib * 1024,
+            "peak_bytes": peak * 1024,
+            "delta_bytes": (peak - self.baseline_kib) * 1024,
+            "model_ready_delta_bytes": (getattr(self, "model_ready_kib", self.baseline_kib) - self.baseline_kib) * 1024,
+            "file_backed_bytes": _status_kib("RssFile") * 1024,
+        }
+        out = Path(trainer.default_root_dir) / f"memory_rank{trainer.global_rank}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

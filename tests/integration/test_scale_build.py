@@ -1,0 +1,86 @@
+"""The policy is built inside the strategy (``configure_model``) and the chunked loss runs under FSDP2.
+
+Two CPU processes under ``strategy=fsdp`` (FSDP2) against the one-process run:
+
+* a ~96M-parameter random-init checkpoint (``model.path``): FSDP2 builds it on the meta device, shards it and
+  loads each rank's shard tensor by tensor, so after the build (``on_train_start``, optimizer created) a rank
+  holds less than 0.75x what the one-process run holds; the eval loss matches (relative 1e-4, as in
+  test_scale_parallel.py). Measured by :class:`zephyr.scale.memory.PeakMemory` (RSS over the ``setup`` baseline).
+* the tiny model: the chunked loss (projection through the ``lm_head`` module) gives the unsharded loss to 1e-5
+  and a lower peak than ``objective.chunked_loss=false`` (full ``(B, T, V)`` logits).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.helpers_scale import train
+
+pytestmark = pytest.mark.slow  # 100M-parameter runs on 2 shared cores: ~1 min each
+
+MEASURE = ["+callbacks.peak_memory._target_=zephyr.scale.memory.PeakMemory", "export=false"]
+SHAPE_100M = dict(
+    vocab_size=32000,
+    hidden_size=512,
+    intermediate_size=1536,
+    num_hidden_layers=20,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+)
+RUN_100M = [
+    "data.toy.n=64",
+    "data.eval_size=8",
+    "trainer.max_steps=2",
+    "trainer.global_batch_size=4",
+    "data.batch_size=2",
+    "data.packing=true",
+    "data.max_length=256",
+]
+
+
+def _memory(out, world):
+    return [json.loads((out / f"memory_rank{r}.json").read_text()) for r in range(world)]
+
+
+def _eval_loss(out):
+    return json.loads((out / "metrics.json").read_text())["eval/loss"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from zephyr.models.mistral import build_model, count_parameters
+    from zephyr.tokenizer import load_tokenizer
+
+    path = tmp_path_factory.mktemp("ck100m")
+    model = build_model(config=SHAPE_100M, init_seed=0)
+    assert 90e6 < count_parameters(model) < 110e6
+    model.save_pretrained(path)
+    load_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_fsdp2_builds_sharded_from_a_checkpoint_and_matches_one_process(checkpoint, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(one, f"model.path={checkpoint}", *RUN_100M, *MEASURE)
+    train(two, f"model.path={checkpoint}", *RUN_100M, *MEASURE, "strategy=fsdp", "hardware.devices=2")
+    assert _eval_loss(two) == pytest.approx(_eval_loss(one), rel=1e-4)
+    (single,) = _memory(one, 1)
+    for rank in _memory(two, 2):
+        # the sharded build: parameters + optimizer of a rank, no full copy on the way
+        assert rank["model_ready_delta_bytes"] < 0.75 * single["model_ready_delta_bytes"], (rank, single)
+
+
+def test_chunked_loss_under_fsdp2_equals_unsharded_with_less_memory(tmp_path):
+    tiny = ["data.batch_size=4", "data.packing=true", "data.max_length=512", *MEASURE]
+    single, chunked, full = tmp_path / "single", tmp_path / "chunked", tmp_path / "full"
+    train(single, *tiny)
+    train(chunked, *tiny, "strategy=fsdp", "hardware.devices=2")
+    train(full, *tiny, "strategy=fsdp", "hardware.devices=2", "objective.chunked_loss=false")
+    assert _eval_loss(chunked) == pytest.approx(_eval_loss(single), abs=1e-5, rel=0)
+    assert _eval_loss(full) == pytest.approx(_eval_loss(single), abs=1e-5, rel=0)
+    for on, off in zip(_memory(chunked, 2), _memory(full, 2)):
+        assert on["delta_bytes"] < off["delta_bytes"], (on, off)
