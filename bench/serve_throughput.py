@@ -1,11 +1,14 @@
 """Requests/s and latency of ``zephyr serve`` at several client concurrencies (tiny model unless --model).
 
-Starts the server in-process on a free loopback port (uvicorn in a thread), sends ``--requests`` chat
-completions of ``--max-tokens`` greedy tokens per concurrency level from a thread pool of openai clients,
-and prints one line per level. Generation is serialized on the server, so higher concurrency mostly
-measures queueing: throughput stays flat while latency grows.
+Starts ``zephyr serve`` in a subprocess on a free loopback port (so the clients do not share its GIL), sends
+``--requests`` chat completions of ``--max-tokens`` greedy tokens per concurrency level from a thread pool of
+httpx clients (request ``i`` asks prompt ``i mod 8``: 8 prompts of different lengths), prints one line per
+level and writes
+``--out`` (JSON: one row per level, ``speedup_vs_c1``, and ``identical_outputs``: every request's text equals
+the one it got at concurrency 1). The server batches concurrent requests (``--max-batch-size``), so
+requests/s grows with concurrency. One run on a shared machine: the figures are noisy.
 
-    python bench/serve_throughput.py [--model DIR] [--requests 32] [--max-tokens 32] [--concurrency 1 8]
+    python bench/serve_throughput.py [--model DIR] [--requests 32] [--max-tokens 32] [--concurrency 1 4 8]
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import argparse
 import json
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,38 +48,48 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0 = torch default)")
+    ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--batch-window-ms", type=float, default=20.0)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve.json"))
     args = ap.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    import uvicorn
-    from openai import OpenAI
-
-    from zephyr.serve.app import create_app
+    import httpx
 
     tmp = tempfile.TemporaryDirectory()
     model = Path(args.model) if args.model else tiny_model(Path(tmp.name) / "tiny")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(str(model)), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    cmd = [sys.executable, "-m", "zephyr.cli", "serve", "--model", str(model), "--port", str(port)]
+    cmd += ["--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size)]
+    cmd += ["--batch-window-ms", str(args.batch_window_ms), "--log-level", "warning"]
+    server = subprocess.Popen(cmd)
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+            break
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"serve_throughput: error: the server did not start ({' '.join(cmd)})") from None
+            time.sleep(0.2)
     base = f"http://127.0.0.1:{port}/v1"
-    messages = [{"role": "user", "content": "Write a short sentence about the sea."}]
+    prompts = [[{"role": "user", "content": "Write a sentence about the sea. " * (1 + 2 * k)}] for k in range(8)]
+    texts: dict[tuple[int, int], str] = {}  # (concurrency, request) -> answer
 
-    def one(_: int) -> float:
-        client = OpenAI(base_url=base, api_key="none", max_retries=0)
+    local = threading.local()
+
+    def one(i: int, c: int = 0) -> float:
+        if not hasattr(local, "client"):  # one keep-alive connection per worker thread; plain httpx keeps the
+            local.client = httpx.Client(base_url=base, timeout=120)  # client's CPU share small on 2 cores
         t = time.perf_counter()
-        r = client.chat.completions.create(
-            model="m", messages=messages, temperature=0, max_tokens=args.max_tokens, seed=0
-        )
-        assert r.usage.completion_tokens == args.max_tokens or r.choices[0].finish_reason == "stop"
+        body = {"model": "m", "messages": prompts[i % len(prompts)], "temperature": 0, "max_tokens": args.max_tokens}
+        r = local.client.post("/chat/completions", json=body)
+        r.raise_for_status()
+        r = r.json()
+        assert r["usage"]["completion_tokens"] == args.max_tokens or r["choices"][0]["finish_reason"] == "stop"
+        texts[(c, i)] = r["choices"][0]["message"]["content"]
         return time.perf_counter() - t
 
     for i in range(5):  # warm-up: first forward passes and thread pools are slow
@@ -82,7 +98,7 @@ def main() -> None:
     for c in args.concurrency:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(c) as pool:
-            lat = list(pool.map(one, range(args.requests)))
+            lat = list(pool.map(lambda i, c=c: one(i, c), range(args.requests)))
         wall = time.perf_counter() - t0
         row = {
             "concurrency": c,
@@ -95,7 +111,26 @@ def main() -> None:
         }
         results.append(row)
         print(json.dumps(row))
-    server.should_exit = True
+    server.terminate()
+    server.wait(timeout=30)
+    base_c = args.concurrency[0]
+    for row in results:
+        row["speedup_vs_c1"] = round(row["requests_per_s"] / results[0]["requests_per_s"], 2)
+    same = all(texts[(c, i)] == texts[(base_c, i)] for c in args.concurrency for i in range(args.requests))
+    report = {
+        "model": "tiny random-init Mistral (2 layers x 64, vocab 32000)" if not args.model else str(args.model),
+        "max_tokens": args.max_tokens,
+        "greedy": True,
+        "threads": args.threads,
+        "max_batch_size": args.max_batch_size,
+        "batch_window_ms": args.batch_window_ms,
+        "identical_outputs": same,
+        "note": "one run on a shared, noisy machine",
+        "levels": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"identical outputs across concurrencies: {same}; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ feedback pipeline's local-checkpoint pool members and judges, and the demo's poo
 * ``Generator.generate_batch`` is the one batched path: prompts sorted by length (little padding), cut into
   chunks of ``batch_size``, each left-padded (every row's last prompt token at the same position, where
   generation continues) through ``model.generate``; answers come back in input order.
+* ``BatchScheduler`` is continuous batching for the server: a background thread prefills each arriving
+  sequence alone, left-pads its KV cache into the running batch and decodes all rows one step at a time (mask
+  over real columns, per-row position ids, per-row seeded sampler, stop strings and max_tokens through the
+  same ``_TextStream`` as ``stream``), so a greedy answer is the solo answer token for token.
 * :func:`choice_seeds` is the one n-choices rule: choice ``i`` of a seeded request uses ``seed + i``
   (``Generator.complete`` and ``GeneratorBackend.chat_batch`` both loop over it).
 * ``GeneratorBackend`` is the one ``ChatBackend`` over a checkpoint (``chat`` is ``chat_batch`` of one
@@ -28,6 +32,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,7 +244,7 @@ class Generator:
         past = None
         gen = _seeded(seed)
         for _ in range(max_tokens):
-            out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
+            out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True, logits_to_keep=1)
             past = out.past_key_values
             token = _sample(out.logits[0, -1].to("cpu"), temperature, top_p, gen)
             delta, done = text.push(token)
@@ -423,10 +428,11 @@ class BatchScheduler:
     Args:
         generator: the loaded checkpoint.
         max_batch_size: most sequences decoded together.
-        window_ms: when idle, wait this long after the first arrival for others to start with it.
+        window_ms: when idle, the first arrival waits up to this long for requests still being read (inside
+            ``expecting()``) to start with it; with none on the way it starts at once.
     """
 
-    def __init__(self, generator: Generator, max_batch_size: int = 8, window_ms: float = 5.0):
+    def __init__(self, generator: Generator, max_batch_size: int = 8, window_ms: float = 20.0):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.generator = generator
@@ -436,6 +442,7 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = threading.Event()
+        self._incoming = 0  # requests inside ``expecting()``
         self._rows: list[_Row] = []
         self._kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (B, H, C, D)
         self._mask = torch.zeros((0, 0), dtype=torch.long)  # (B, C), 1 = a real cached token
@@ -501,13 +508,29 @@ class BatchScheduler:
         while len(got) < free:
             left = deadline - time.perf_counter()
             try:
-                h = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                if left > 0 and self._incoming > 0:  # a request is being read: give it until the deadline
+                    h = self._queue.get(timeout=min(left, 0.002))
+                else:
+                    h = self._queue.get_nowait()
             except queue.Empty:
+                if left > 0 and self._incoming > 0:
+                    continue
                 break
             if h is None:
                 break
             got.append(h)
         return got
+
+    @contextmanager
+    def expecting(self):
+        """Mark a request as on its way (being read and validated): an idle batch start waits for it."""
+        with self._start_lock:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._start_lock:
+                self._incoming -= 1
 
     def _loop(self) -> None:
         while not self._closed.is_set():
@@ -538,6 +561,7 @@ class BatchScheduler:
                     input_ids=torch.tensor([h.prompt_ids], device=g.device),
                     past_key_values=DynamicCache(),
                     use_cache=True,
+                    logits_to_keep=1,  # as ``stream``: the head runs on the last position only
                 )
             token = _sample(out.logits[0, -1].to("cpu"), o["temperature"], o["top_p"], gen)
             row = _Row(h, text, gen, token)

@@ -122,7 +122,7 @@ def create_app(
     device: str = "cpu",
     dtype: str = "float32",
     max_batch_size: int = 8,
-    batch_window_ms: float = 5.0,
+    batch_window_ms: float = 20.0,
 ) -> FastAPI:
     """Build the server app.
 
@@ -138,7 +138,7 @@ def create_app(
         device: torch device for ``model_dir`` ("cpu", "cuda", "cuda:1").
         dtype: weights dtype for ``model_dir`` ("float32", "bfloat16", "float16").
         max_batch_size: most sequences decoded together (1 = one at a time).
-        batch_window_ms: when idle, how long the first request waits for others to start with it.
+        batch_window_ms: when idle, how long the first request waits for requests still being read.
 
     Returns:
         The FastAPI application.
@@ -210,9 +210,8 @@ def create_app(
             raise APIError(404, f"The model '{name}' does not exist", "invalid_request_error", "model_not_found")
         return model_card()
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        check_auth(request)
+    async def submit_request(request: Request):
+        """Read and validate one chat request and queue its ``n`` sequences."""
         body = await read_body(request)
         try:
             payload = json.loads(body)
@@ -258,7 +257,14 @@ def create_app(
             return scheduler.submit(prompt_ids, seed=seed, on_event=on_event, **opts)
 
         handles = [submit(i, s) for i, s in enumerate(choice_seeds(req.n, req.seed))]
-        if stream:
+        return handles, events, req, prompt_ids, rid, now
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        check_auth(request)
+        with scheduler.expecting():  # an idle batch start waits for this request while it is read
+            handles, events, req, prompt_ids, rid, now = await submit_request(request)
+        if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
                 _sse(events, handles, len(prompt_ids), rid, now, served_id, include_usage),

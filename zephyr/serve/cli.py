@@ -92,8 +92,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--batch-window-ms",
         type=float,
-        default=5.0,
-        help="when idle, how long the first request waits for others to start in the same batch",
+        default=20.0,
+        help="when idle, how long the first request waits for requests still being read to join its batch",
     )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)

@@ -51,3 +51,20 @@ def test_insecure_no_auth_serves_with_a_warning(tmp_path, capsys, started):
     assert main(["serve", "--model", str(tmp_path), "--host", "0.0.0.0", "--insecure-no-auth"]) == 0
     assert started == [({"api_key": None}, "0.0.0.0")]
     assert "warning: listening on 0.0.0.0 without an API key" in capsys.readouterr().err
+
+
+def test_batching_flags_reach_the_app(tmp_path, capsys, monkeypatch):
+    import uvicorn
+
+    import zephyr.serve.app as app_mod
+
+    seen = {}
+    monkeypatch.setattr(app_mod, "create_app", lambda model, **kw: seen.update(kw) or "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: None)
+    assert main(["serve", "--model", str(tmp_path)]) == 0
+    assert (seen["max_batch_size"], seen["batch_window_ms"]) == (8, 20.0)  # defaults
+    assert main(["serve", "--model", str(tmp_path), "--max-batch-size", "3", "--batch-window-ms", "20"]) == 0
+    assert (seen["max_batch_size"], seen["batch_window_ms"]) == (3, 20.0)
+    capsys.readouterr()
+    assert main(["serve", "--model", str(tmp_path), "--max-batch-size", "0"]) == 2
+    assert capsys.readouterr().err == "zephyr serve: error: --max-batch-size must be at least 1, got 0\n"
