@@ -43,10 +43,13 @@ format: install ## ruff format + autofix
 bench: install ## zephyr vs TRL throughput/memory side by side -> bench/results/latest.json
 	$(PY) -m bench.run --out bench/results
 
+bench-realistic: install ## the same at SmolLM2-135M dims (20 layers), + LoRA rows -> bench/results/latest_realistic.json
+	$(PY) -m bench.run --shape realistic --out bench/results
+
 gpu-check: install ## on one CUDA GPU: ~1B dSFT/dDPO x auto/fsdp/deepspeed_stage_3 -> bench/results/gpu.json, then tests/gpu
 	$(PY) -m bench.gpu_check
 
 clean: ## remove runs/, caches and build files (keeps .venv)
 	rm -rf runs outputs multirun .pytest_cache .ruff_cache *.egg-info
 
-.PHONY: help install demo train test test-fast lint format bench gpu-check clean
+.PHONY: help install demo train test test-fast lint format bench bench-realistic gpu-check clean

@@ -10,6 +10,12 @@ training (:meth:`zephyr.modules.reference.Reference.prepare`). That pass is time
 measured steps pro rata (``ref_fill_s × measured pairs / all pairs``), so ``tokens_per_s`` is the cost of a
 single run including its reference; ``cached_tokens_per_s`` is the rate once the cache is warm (every later run
 and sweep point on the same data and weights).
+
+With ``p["lora"]`` both sides train the same LoRA adapters and both references are the base with the adapters
+off (zephyr's :class:`~zephyr.modules.reference.Reference` of a PEFT policy; TRL with ``peft_config=`` and no
+``ref_model``). Pair lengths come from ``p["prompt_tokens"]`` / ``p["completion_tokens"]`` (default 115 / 100).
+Each step's model FLOPs are :func:`bench.flops.dpo_step_flops` of its pairs' lengths, so the fill pass is
+not counted twice (its FLOPs are the reference term of the steps).
 """
 
 from __future__ import annotations
@@ -25,15 +31,56 @@ from bench.common import (
     StepClock,
     TokenQueue,
     build_policy,
+    flop_model,
     pair_tokens,
     peak_rss_mb,
     preference_rows,
     setup_process,
+    trl_peft_config,
     trl_preference_row,
     trl_training_args,
+    zephyr_policy,
 )
 
-PROMPT_TOKENS, COMPLETION_TOKENS = 115, 100
+PROMPT_TOKENS, COMPLETION_TOKENS = 115, 100  # the tiny shape's pair lengths (--shape realistic: 150 / 250)
+
+
+def pair_lengths(p: dict[str, Any]) -> tuple[int, int]:
+    """``(prompt_tokens, completion_tokens)`` targets of the run's pairs."""
+    return int(p.get("prompt_tokens", PROMPT_TOKENS)), int(p.get("completion_tokens", COMPLETION_TOKENS))
+
+
+def bench_rows(tok, p: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's preference pairs (:func:`bench.common.preference_rows` at the run's lengths)."""
+    return preference_rows(tok, num_pairs(p), SEED, *pair_lengths(p))
+
+
+class LengthGroupedBatchSampler:
+    """Batches of similar total length: the seeded order cut into groups of ``group`` batches, each sorted by length.
+
+    Wraps a :class:`zephyr.data.collate.ResumableBatchSampler` (same seed, epochs and resume state) and only
+    reorders within each group, so every item is still drawn once per epoch (the ``length_grouped`` ablation).
+    """
+
+    def __init__(self, inner, lengths: list[int], group: int = 8):
+        self.inner, self.lengths, self.group = inner, lengths, group
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        batches = list(iter(self.inner))
+        for g in range(0, len(batches), self.group):
+            chunk = [i for b in batches[g : g + self.group] for i in b]
+            chunk.sort(key=lambda i: -self.lengths[i])
+            sizes = [len(b) for b in batches[g : g + self.group]]
+            at = 0
+            for n in sizes:
+                yield chunk[at : at + n]
+                at += n
 
 
 def num_pairs(p: dict[str, Any]) -> int:
@@ -43,7 +90,7 @@ def num_pairs(p: dict[str, Any]) -> int:
 
 def write_pairs(tok, p: dict[str, Any], folder: Path) -> Path:
     """Write the benchmark pairs as jsonl (the zephyr side reads them through its real data module)."""
-    rows = preference_rows(tok, num_pairs(p), SEED, PROMPT_TOKENS, COMPLETION_TOKENS)
+    rows = bench_rows(tok, p)
     path = folder / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -56,11 +103,27 @@ def zephyr_dpo_fit(tok, p: dict[str, Any], data_path: Path, cache_dir: Path, *, 
     import pytorch_lightning as pl
     import torch
 
+    from bench.flops import dpo_step_flops
+    from zephyr.data.collate import ResumableDataLoader
     from zephyr.data.preference_module import PreferenceDataModule
     from zephyr.modules.dpo import DPOModule
     from zephyr.modules.reference import Reference
 
-    dm = PreferenceDataModule(
+    class BenchPreferenceData(PreferenceDataModule):
+        def train_loader(self, rank: int = 0, world_size: int = 1):
+            loader = super().train_loader(rank, world_size)
+            if not p.get("length_grouped"):
+                return loader
+            lengths = [len(it["prompt"]) + len(it["chosen"]) + len(it["rejected"]) for it in self.train_items]
+            return ResumableDataLoader(
+                self.train_items,
+                LengthGroupedBatchSampler(loader.batch_sampler, lengths),
+                progress=self._progress,
+                collate_fn=self.collate,
+                num_workers=0,
+            )
+
+    dm = BenchPreferenceData(
         tok,
         path=str(data_path),
         batch_size=p["batch_size"],
@@ -70,7 +133,9 @@ def zephyr_dpo_fit(tok, p: dict[str, Any], data_path: Path, cache_dir: Path, *, 
         layout=p.get("data_layout", "prefix_shared"),
     )
     dm.setup("fit")
-    model = build_policy(p["model_config"])
+    fm = flop_model(p)
+    lengths = [(len(it["prompt"]), len(it["chosen"]), len(it["rejected"])) for it in dm.train_items]
+    model = zephyr_policy(p)
     module = DPOModule(
         model,
         partial(torch.optim.AdamW, lr=LEARNING_RATE, weight_decay=0.0),
@@ -97,12 +162,13 @@ def zephyr_dpo_fit(tok, p: dict[str, Any], data_path: Path, cache_dir: Path, *, 
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if clock is not None:
-                clock.step_end(int(batch["num_tokens"]))
+                flops = dpo_step_flops(fm, [lengths[int(i)] for i in batch["index"]])
+                clock.step_end(int(batch["num_tokens"]), flops)
 
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
-        precision="32-true",
+        precision=p.get("precision", "32-true"),
         max_steps=p["warmup"] + p["steps"],
         logger=False,
         enable_checkpointing=False,
@@ -138,6 +204,7 @@ def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
         **s,
         "cached_tokens_per_s": s["tokens_per_s"],
         "tokens_per_s": tokens / (measured_time + fill_share),
+        "flops_per_s": s["flops_per_step"] * s["steps"] / (measured_time + fill_share),
         "ref_fill_s": fill_s,
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -163,8 +230,11 @@ def run_zephyr_layout(p: dict[str, Any]) -> dict[str, Any]:
 
     if p["layout"] not in ("concat", "prefix"):
         raise ValueError(f"bench layout {p['layout']!r} must be 'concat' or 'prefix'")
+    from bench.flops import dpo_step_flops
+
     tok = load_tokenizer()
-    rows = preference_rows(tok, num_pairs(p), SEED, PROMPT_TOKENS, COMPLETION_TOKENS)
+    fm = flop_model(p)
+    rows = bench_rows(tok, p)
     items = []
     for i, row in enumerate(rows):
         ex = tokenize_pair(tok, row, max_length=p["max_length"], max_prompt_length=p["max_length"] // 2)
@@ -176,7 +246,7 @@ def run_zephyr_layout(p: dict[str, Any]) -> dict[str, Any]:
                 "index": i,
             }
         )
-    model = build_policy(p["model_config"])
+    model = zephyr_policy(p)
     bs = p["batch_size"]
     batches = [items[k : k + bs] for k in range(0, len(items), bs)]
 
@@ -189,7 +259,7 @@ def run_zephyr_layout(p: dict[str, Any]) -> dict[str, Any]:
 
     with torch.no_grad():
         refs = [logps(g)[0] for g in batches]
-    opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+    opt = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=LEARNING_RATE, weight_decay=0.0)
     clock = StepClock()
     clock.start()
     for group, ref in zip(batches, refs):
@@ -199,7 +269,9 @@ def run_zephyr_layout(p: dict[str, Any]) -> dict[str, Any]:
         losses.mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        clock.step_end(tokens)
+        clock.step_end(
+            tokens, dpo_step_flops(fm, [(len(g["prompt"]), len(g["chosen"]), len(g["rejected"])) for g in group])
+        )
     s = clock.summary(p["warmup"])
     return {**s, "cached_tokens_per_s": s["tokens_per_s"], "ref_fill_s": 0.0, "peak_rss_mb": peak_rss_mb()}
 
@@ -212,7 +284,9 @@ def trl_dpo_train(tok, p: dict[str, Any], rows: list[dict[str, Any]], *, beta: f
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    queue = TokenQueue()
+    from bench.flops import dpo_step_flops
+
+    queue, fm = TokenQueue(), flop_model(p)
 
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -220,22 +294,30 @@ def trl_dpo_train(tok, p: dict[str, Any], rows: list[dict[str, Any]], *, beta: f
                 clock.start()
 
         def on_step_end(self, args, state, control, **kwargs):
-            n = queue.pop()
+            n, flops = queue.pop()
             if clock is not None:
-                clock.step_end(n)
+                clock.step_end(n, flops)
 
     ds = datasets.Dataset.from_list([trl_preference_row(r) for r in rows])
     model = build_policy(p["model_config"])
-    ref = build_policy(p["model_config"])  # the reference: a second copy of the same initial weights
+    # the reference: a second copy of the same initial weights; with LoRA, TRL's own base-with-adapters-off
+    ref = None if p.get("lora") else build_policy(p["model_config"])
     with tempfile.TemporaryDirectory(prefix="zephyr-bench-trl-") as out:
         cfg = DPOConfig(**trl_training_args(p, out), beta=beta, loss_type=["sigmoid"])
         trainer = DPOTrainer(
-            model=model, ref_model=ref, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()]
+            model=model,
+            ref_model=ref,
+            args=cfg,
+            train_dataset=ds,
+            processing_class=tok,
+            callbacks=[Clock()],
+            peft_config=trl_peft_config(model, p),
         )
         collate = trainer.data_collator
 
         def counting_collator(batch):
-            queue.push(sum(2 * len(ex["prompt_ids"]) + len(ex["chosen_ids"]) + len(ex["rejected_ids"]) for ex in batch))
+            lengths = [(len(ex["prompt_ids"]), len(ex["chosen_ids"]), len(ex["rejected_ids"])) for ex in batch]
+            queue.push((sum(2 * a + b + c for a, b, c in lengths), dpo_step_flops(fm, lengths)))
             return collate(batch)
 
         trainer.data_collator = counting_collator
@@ -248,10 +330,21 @@ def run_trl(p: dict[str, Any]) -> dict[str, Any]:
     from zephyr.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
-    rows = preference_rows(tok, num_pairs(p), SEED, PROMPT_TOKENS, COMPLETION_TOKENS)
+    rows = bench_rows(tok, p)
     clock = StepClock()
     trl_dpo_train(tok, p, rows, beta=0.1, clock=clock)
     return {**clock.summary(p["warmup"]), "peak_rss_mb": peak_rss_mb()}
 
 
-__all__ = ["num_pairs", "pair_tokens", "run_trl", "run_zephyr", "trl_dpo_train", "write_pairs", "zephyr_dpo_fit"]
+__all__ = [
+    "LengthGroupedBatchSampler",
+    "bench_rows",
+    "pair_lengths",
+    "num_pairs",
+    "pair_tokens",
+    "run_trl",
+    "run_zephyr",
+    "trl_dpo_train",
+    "write_pairs",
+    "zephyr_dpo_fit",
+]

@@ -3,7 +3,10 @@
 Both sides get the same tokenized toy-world dialogues (assistant-only labels, ``zephyr.data.sft``) and pack
 them into rows of ``max_length`` tokens, each with its own best-fit packer (zephyr ``pack_best_fit``, TRL
 ``packing_strategy="bfd"``), padding-free with position ids restarting per conversation. fp32 weights, AdamW,
-constant learning rate, no activation checkpointing, no logging, saving or eval on either side.
+constant learning rate, no activation checkpointing, no logging, saving or eval on either side. With
+``p["lora"]`` both sides train the same LoRA adapters (zephyr ``apply_adapter``, TRL ``peft_config=`` with the
+same ``LoraConfig``). Each step's model FLOPs (:func:`bench.flops.sft_step_flops`) come from the conversation
+lengths of its collated rows, on each side from its own collator.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ from bench.common import (
     StepClock,
     TokenQueue,
     build_policy,
+    flop_model,
     peak_rss_mb,
     setup_process,
+    trl_peft_config,
     trl_training_args,
+    zephyr_policy,
 )
 
 
@@ -35,13 +41,27 @@ def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
     import pytorch_lightning as pl
     import torch
 
+    from bench.flops import sft_step_flops
     from zephyr.data.module import SFTDataModule
     from zephyr.modules.sft import SFTModule
     from zephyr.tokenizer import load_tokenizer
     from zephyr.toy.teacher import sft_dialogues
 
+    fm, queue = flop_model(p), TokenQueue()
+
+    class CountingSFTData(SFTDataModule):
+        @property
+        def collate(self):
+            inner = super().collate
+
+            def counting(items):  # each item is one row: its conversations' (input_ids, labels)
+                queue.push(sft_step_flops(fm, [len(ids) for row in items for ids, _ in row]))
+                return inner(items)
+
+            return counting
+
     tok = load_tokenizer()
-    dm = SFTDataModule(
+    dm = CountingSFTData(
         tok,
         batch_size=p["batch_size"],
         max_length=p["max_length"],
@@ -51,7 +71,7 @@ def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
         toy=partial(sft_dialogues, _num_dialogues(p), SEED),
     )
     dm.setup("fit")
-    model = build_policy(p["model_config"])
+    model = zephyr_policy(p)
     module = SFTModule(
         model,
         partial(torch.optim.AdamW, lr=LEARNING_RATE, weight_decay=0.0),
@@ -65,12 +85,12 @@ def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
             clock.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            clock.step_end(int(batch["num_tokens"]))
+            clock.step_end(int(batch["num_tokens"]), queue.pop())
 
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
-        precision="32-true",
+        precision=p.get("precision", "32-true"),
         max_steps=p["warmup"] + p["steps"],
         logger=False,
         enable_checkpointing=False,
@@ -94,9 +114,11 @@ def run_trl(p: dict[str, Any]) -> dict[str, Any]:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    from bench.flops import sft_step_flops
     from zephyr.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
+    fm = flop_model(p)
     examples = _examples(tok, p)
     ds = datasets.Dataset.from_dict(
         {"input_ids": [ex.input_ids for ex in examples], "labels": [ex.labels for ex in examples]}
@@ -109,15 +131,23 @@ def run_trl(p: dict[str, Any]) -> dict[str, Any]:
             clock.start()
 
         def on_step_end(self, args, state, control, **kwargs):
-            clock.step_end(queue.pop())
+            clock.step_end(*queue.pop())
 
     with tempfile.TemporaryDirectory(prefix="zephyr-bench-trl-") as out:
         cfg = SFTConfig(**trl_training_args(p, out), packing=True, packing_strategy="bfd", dataset_num_proc=None)
-        trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
+        trainer = SFTTrainer(
+            model=model,
+            args=cfg,
+            train_dataset=ds,
+            processing_class=tok,
+            callbacks=[Clock()],
+            peft_config=trl_peft_config(model, p),
+        )
         collate = trainer.data_collator
 
-        def counting_collator(batch):
-            queue.push(sum(len(ex["input_ids"]) for ex in batch))
+        def counting_collator(batch):  # bfd packing: each example is one row with its conversations' seq_lengths
+            lengths = [int(n) for ex in batch for n in (ex.get("seq_lengths") or [len(ex["input_ids"])])]
+            queue.push((sum(len(ex["input_ids"]) for ex in batch), sft_step_flops(fm, lengths)))
             return collate(batch)
 
         trainer.data_collator = counting_collator

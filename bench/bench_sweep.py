@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import SEED, peak_rss_mb, preference_rows, setup_process
+from bench.common import peak_rss_mb, setup_process
 
 BETAS = (0.01, 0.05, 0.1, 0.3, 0.5)
 
@@ -51,15 +51,13 @@ def run_trl(p: dict[str, Any]) -> dict[str, Any]:
     setup_process(p["threads"])
     import trl  # noqa: F401  (imported before the clock starts)
 
-    from bench.bench_dpo import num_pairs, trl_dpo_train
+    from bench.bench_dpo import bench_rows, trl_dpo_train
     from zephyr.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     q = _point_params(p)
     betas = BETAS[: p.get("points", len(BETAS))]
-    from bench.bench_dpo import COMPLETION_TOKENS, PROMPT_TOKENS
-
-    rows = preference_rows(tok, num_pairs(q), SEED, PROMPT_TOKENS, COMPLETION_TOKENS)
+    rows = bench_rows(tok, q)
     started = time.perf_counter()
     for b in betas:
         trl_dpo_train(tok, q, rows, beta=b, clock=None)

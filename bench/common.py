@@ -58,6 +58,57 @@ TINY_MODEL_CONFIG: dict[str, Any] = {
     "num_key_value_heads": 1,
 }
 
+# ``--shape realistic``: a random-init Llama with SmolLM2-135M's published dims (hidden 576, intermediate 1536,
+# 9 heads / 3 KV heads, 49,152 tied vocabulary) at 20 of its 30 layers, so the whole run fits a 2-core CPU;
+# the vocabulary head is then 28.6 % of the linear-layer matmul FLOPs (21.1 % at 30 layers, 75 % for MODEL_CONFIG).
+REALISTIC_MODEL_CONFIG: dict[str, Any] = {
+    "model_type": "llama",
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 20,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "rms_norm_eps": 1.0e-5,
+    "hidden_act": "silu",
+    "initializer_range": 0.02,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+# per shape: the model and the work (lengths, steps) that ``bench.run --shape`` defaults to
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "model_config": MODEL_CONFIG,
+        "max_length": 512,
+        "prompt_tokens": 115,
+        "completion_tokens": 100,
+        "steps": 5,
+        "results": "latest.json",
+    },
+    "realistic": {
+        "model_config": REALISTIC_MODEL_CONFIG,
+        "max_length": 1024,
+        "prompt_tokens": 150,
+        "completion_tokens": 250,
+        "steps": 2,
+        "results": "latest_realistic.json",
+    },
+}
+
+# the LoRA rows (``sft_lora``, ``dpo_lora``): conf/adapter/lora.yaml's values on every decoder linear, both sides
+LORA: dict[str, Any] = {
+    "name": "lora",
+    "r": 16,
+    "alpha": 16,
+    "dropout": 0.05,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "modules_to_save": None,
+}
+
 SEED = 1234
 LEARNING_RATE = 1.0e-5
 
@@ -105,11 +156,52 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def build_policy(model_config: dict[str, Any], seed: int = SEED):
-    """The random-init tiny Mistral in fp32 with SDPA attention, identical for every worker given the seed."""
+def build_policy(model_config: dict[str, Any], seed: int = SEED, *, gradient_checkpointing: bool = False):
+    """The random-init model (tiny Mistral or ``model_type``'s family) in fp32 with SDPA attention, same per seed."""
     from zephyr.models.mistral import build_model
 
-    return build_model(config=dict(model_config), dtype="float32", attn_implementation="sdpa", init_seed=seed)
+    return build_model(
+        config=dict(model_config),
+        dtype="float32",
+        attn_implementation="sdpa",
+        init_seed=seed,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+
+
+def zephyr_policy(p: dict[str, Any]):
+    """zephyr's side of a worker: :func:`build_policy`, then the run's LoRA adapters and ablation switches.
+
+    ``p["lora"]``: adapters via :func:`zephyr.models.adapters.apply_adapter`; ``p["compile"]``: ``torch.compile``
+    of each decoder layer in place (what ``trainer.compile=true`` does); ``p["activation_checkpointing"]``.
+    """
+    model = build_policy(p["model_config"], gradient_checkpointing=bool(p.get("activation_checkpointing")))
+    if p.get("lora"):
+        from zephyr.models.adapters import apply_adapter
+
+        model = apply_adapter(model, p["lora"])
+    if p.get("compile"):
+        from zephyr.scale.fsdp2 import decoder_layers
+
+        for layer in decoder_layers(model.get_base_model() if p.get("lora") else model):
+            layer.compile()
+    return model
+
+
+def trl_peft_config(model, p: dict[str, Any]):
+    """The ``peft.LoraConfig`` TRL gets (``peft_config=``): the very config zephyr's adapters are built from."""
+    if not p.get("lora"):
+        return None
+    from zephyr.models.adapters import lora_config
+
+    return lora_config(model, p["lora"])
+
+
+def flop_model(p: dict[str, Any]):
+    """:class:`bench.flops.ModelFlops` of the worker's model (with its LoRA adapters, if any)."""
+    from bench.flops import model_flops
+
+    return model_flops(p["model_config"], p.get("lora"))
 
 
 @dataclass
@@ -121,17 +213,20 @@ class StepClock:
 
     times: list[float] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
+    flops: list[float] = field(default_factory=list)
     _last: float | None = None
 
     def start(self) -> None:
         self._last = time.perf_counter()
 
-    def step_end(self, tokens: int) -> None:
+    def step_end(self, tokens: int, flops: float = 0.0) -> None:
+        """Record one step: its ``tokens`` and its model FLOPs (:mod:`bench.flops`)."""
         now = time.perf_counter()
         if self._last is None:
             raise RuntimeError("StepClock.step_end called before start()")
         self.times.append(now - self._last)
         self.tokens.append(int(tokens))
+        self.flops.append(float(flops))
         self._last = now
 
     def summary(self, warmup: int) -> dict[str, Any]:
@@ -141,11 +236,14 @@ class StepClock:
             RuntimeError: when no step is left after the warm-up (the run was too short).
         """
         times, tokens = self.times[warmup:], self.tokens[warmup:]
+        flops = (self.flops or [0.0] * len(self.times))[warmup:]
         if not times:
             raise RuntimeError(f"only {len(self.times)} steps recorded, none left after {warmup} warm-up steps")
         total = sum(times)
         return {
             "tokens_per_s": sum(tokens) / total,
+            "flops_per_s": sum(flops) / total,
+            "flops_per_step": sum(flops) / len(flops),
             "s_per_step": total / len(times),
             "tokens_per_step": sum(tokens) / len(tokens),
             "steps": len(times),
@@ -155,14 +253,14 @@ class StepClock:
 
 @dataclass
 class TokenQueue:
-    """FIFO of per-batch token counts filled by a collator wrapper, drained one per optimizer step."""
+    """FIFO of per-batch token counts (or ``(tokens, flops)``) filled by a collator wrapper, one per step."""
 
-    pending: list[int] = field(default_factory=list)
+    pending: list[Any] = field(default_factory=list)
 
-    def push(self, n: int) -> None:
-        self.pending.append(int(n))
+    def push(self, n: Any) -> None:
+        self.pending.append(n)
 
-    def pop(self) -> int:
+    def pop(self) -> Any:
         if not self.pending:
             raise RuntimeError("a step ended with no collated batch recorded")
         return self.pending.pop(0)
@@ -289,8 +387,8 @@ def run_worker(task: str, params: dict[str, Any], *, timeout: float = 900.0) -> 
 
 def median_result(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Median tokens/s, s/step and peak RSS over repeats (each value its own median)."""
-    keys = ("tokens_per_s", "s_per_step", "tokens_per_step", "peak_rss_mb")
-    merged = {k: statistics.median(r[k] for r in results) for k in keys}
+    keys = ("tokens_per_s", "s_per_step", "tokens_per_step", "peak_rss_mb", "flops_per_s")
+    merged = {k: statistics.median(r.get(k, 0.0) for r in results) for k in keys}
     merged["repeats"] = len(results)
     merged["all_tokens_per_s"] = [r["tokens_per_s"] for r in results]
     merged["all_peak_rss_mb"] = [r["peak_rss_mb"] for r in results]

@@ -1,7 +1,8 @@
 """One measurement in a fresh process: ``python -m bench.worker TASK PARAMS_JSON OUT_JSON``.
 
 ``TASK`` is ``<kind>:<side>`` (``sft:zephyr``, ``sft:trl``, ``dpo:zephyr``, ``dpo:trl``, ``sweep:zephyr``,
-``sweep:trl``). The result (timings, tokens, ``peak_rss_mb`` of this process) is written as JSON to ``OUT_JSON``.
+``sweep:trl``, ``peak:zephyr`` for the matmul peak).
+The result (timings, tokens, ``peak_rss_mb`` of this process) is written as JSON to ``OUT_JSON``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ def main(argv: list[str]) -> int:
         from bench import bench_dpo as mod
     elif kind == "sweep":
         from bench import bench_sweep as mod
+    elif kind == "peak":
+        from bench import flops as mod
     else:
-        print(f"bench/worker.py: unknown task kind {kind!r} (sft, dpo or sweep)", file=sys.stderr)
+        print(f"bench/worker.py: unknown task kind {kind!r} (sft, dpo, sweep or peak)", file=sys.stderr)
         return 2
     fn = {"zephyr": getattr(mod, "run_zephyr", None), "trl": getattr(mod, "run_trl", None)}.get(side)
     if fn is None:
