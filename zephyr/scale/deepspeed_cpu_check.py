@@ -9,7 +9,10 @@ launcher. This script checks the generated config end to end, the way accelerate
 3. zero3 init: rank 0 writes a random-init checkpoint, every rank loads it with ``from_pretrained`` while a
    ``HfDeepSpeedConfig`` is alive, so the weights arrive already partitioned (``deepspeed.zero.Init``);
 4. ``deepspeed.initialize`` with the objective's AdamW, then a few optimizer steps of dSFT on this rank's share
-   of the toy batches (the same data module and rank split as ``train.py``);
+   of the toy batches (the same data module and rank split as ``train.py``) with the chunked loss of
+   ``train.py`` (``objective.chunked_loss``: the decoder body, then the vocabulary projection chunk by chunk
+   through the ``lm_head`` module, whose ZeRO-3 hook gathers the partitioned weight); on the first batch the
+   full-logits loss of the engine's own forward is computed too and the difference reported;
 5. gather the 16-bit weights on rank 0 (``stage3_gather_16bit_weights_on_model_save``) and write a JSON report.
 
 Run (first run JIT-compiles a small DeepSpeed comm extension, 30-60 s)::
@@ -60,7 +63,8 @@ def run(steps: int, overrides: list[str], precision: str) -> dict[str, Any]:
     from transformers.integrations import HfDeepSpeedConfig
 
     from zephyr.models.mistral import build_model
-    from zephyr.objectives.sft import sft_loss
+    from zephyr.modules.base import lm_parts
+    from zephyr.objectives.sft import sft_loss, sft_loss_from_hidden
     from zephyr.scale.batch import plan_batches
     from zephyr.scale.memory import count_parameters
     from zephyr.scale.strategies import deepspeed_config
@@ -107,13 +111,21 @@ def run(steps: int, overrides: list[str], precision: str) -> dict[str, Any]:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
 
     losses: list[float] = []
+    chunked_vs_full: float | None = None
+    body, head = lm_parts(engine.module)
     batches = iter(loader)
     for _ in range(steps):
         step_loss = torch.zeros(())
         for _ in range(plan.accumulate):
             batch = next(batches)
-            logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-            loss = sft_loss(logits.float(), batch["labels"]).loss
+            inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+            hidden = body(**inputs).last_hidden_state
+            loss = sft_loss_from_hidden(hidden, head, batch["labels"], chunk_size=int(cfg.objective.loss_chunk_size))
+            loss = loss.loss
+            if chunked_vs_full is None:
+                with torch.no_grad():
+                    full = sft_loss(engine(**inputs).logits.float(), batch["labels"]).loss
+                chunked_vs_full = abs(float(full) - float(loss.detach()))
             engine.backward(loss)
             engine.step()  # DeepSpeed steps the optimizer only at accumulation boundaries
             step_loss += loss.detach().float() / plan.accumulate
@@ -130,6 +142,8 @@ def run(steps: int, overrides: list[str], precision: str) -> dict[str, Any]:
         "full_numel": full_numel,
         "expected_numel": count_parameters(dict(instantiate(cfg.model.config, _convert_="all"))),
         "losses": losses,
+        "chunked_loss": True,
+        "chunked_vs_full_loss_abs_diff": chunked_vs_full,
         "optimizer_steps": int(engine.global_steps),
     }
     if rank == 0 and state_dict is not None:
