@@ -2,6 +2,7 @@
 
 ``objective.loss_type=[sigmoid,sft]`` with ``objective.loss_weights=[1.0,0.5]`` logs ``train/loss`` and
 ``train/loss/<name>``; after ``ckpt_path=last`` each of them, step by step, equals the uninterrupted run's.
+Also ``objective.ld_alpha`` (LD-DPO): the reference, cached or live, sums its log-probs as the policy does.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from tests.integration.helpers_train import kill_when, run_train
 from tests.unit.dpo.helpers_dpo import export_tiny, pref_rows, write_jsonl
@@ -82,3 +84,40 @@ def test_loss_list_kill_and_resume_reproduces_every_term(tmp_path, n_rows):
     for step in range(1, STEPS + 1):
         for column in COLUMNS:
             assert resumed[step][column] == pytest.approx(reference[step][column], abs=1e-5), f"step {step} {column}"
+
+
+def test_ld_alpha_sums_the_reference_like_the_policy_and_keys_the_cache(tmp_path):
+    """``ld_alpha``: cache and live reference log-probs are LD-DPO sums of the frozen model; the key records α."""
+    from tests.unit.dpo.helpers_dpo import make_datamodule, make_module
+    from zephyr.models.mistral import build_model
+    from zephyr.modules.dpo import DPOModule
+    from zephyr.modules.pair_forward import pair_logps
+    from zephyr.tokenizer import load_tokenizer
+
+    ckpt = export_tiny(tmp_path / "dsft" / "model")
+    tok = load_tokenizer()
+    dm = make_datamodule(tok, write_jsonl(tmp_path / "prefs.jsonl", pref_rows(8)))
+    batch = dm.collate(dm.train_items[:4])
+    frozen = build_model(str(ckpt)).eval()
+    with torch.no_grad():
+        ld = pair_logps(frozen, batch, ld_alpha=0.25).logps
+        plain = pair_logps(frozen, batch).logps
+    assert not torch.allclose(ld, plain)  # the completions differ in length: the tails are down-weighted
+
+    got = {}
+    for mode in ("cache", "live"):
+        module, _ = make_module(ckpt, tok, dm, cache_dir=tmp_path / "cache", mode=mode, ld_alpha=0.25)
+        module.prepare_reference(dm)
+        got[mode] = torch.cat(module.reference.logps(batch, "train"))
+        if mode == "cache":
+            assert module.reference.key_parts("train")["ld_alpha"] == 0.25
+    for mode, values in got.items():
+        torch.testing.assert_close(values, ld, rtol=1e-5, atol=1e-5, msg=lambda m, mode=mode: f"{mode}: {m}")
+    plain_module, _ = make_module(ckpt, tok, dm, cache_dir=tmp_path / "cache")
+    plain_module.prepare_reference(dm)  # a second cache file: without ld_alpha the key has no such part
+    assert "ld_alpha" not in plain_module.reference.key_parts("train")
+    assert len(list((tmp_path / "cache").glob("ref_logps-*.safetensors"))) == 2
+    torch.testing.assert_close(torch.cat(plain_module.reference.logps(batch, "train")), plain, rtol=1e-5, atol=1e-5)
+
+    with pytest.raises(ValueError, match=r"objective\.ld_alpha=1\.5 must be in \[0, 1\]"):
+        DPOModule.validate_config({"loss_type": "sigmoid", "ld_alpha": 1.5})

@@ -93,6 +93,8 @@ class DPOModule(ZephyrModule):
         f_divergence_type: f-DPO score (``reverse_kl`` | ``forward_kl`` | ``js_divergence`` | ``alpha_divergence``).
         f_alpha_divergence_coef: α of ``alpha_divergence``.
         use_weighting: WPO pair weights from the policy's own next-token distributions.
+        ld_alpha: LD-DPO (arXiv 2409.06411): each completion's tail past the shorter one's length counts α times, for
+            the policy and the reference (``None``: plain sums).
         reference: a partial :class:`zephyr.modules.reference.Reference` (``objective.reference``, built by Hydra
             with ``_partial_: true``), completed here with the policy; ``None``: a cache-mode reference whose
             copy is never loadable (enough for a PEFT policy or a warm cache).
@@ -117,6 +119,7 @@ class DPOModule(ZephyrModule):
         f_divergence_type: str = "reverse_kl",
         f_alpha_divergence_coef: float = 0.5,
         use_weighting: bool = False,
+        ld_alpha: float | None = None,
         reference: Callable[..., Reference] | None = None,
         chunked_loss: bool = True,
         loss_chunk_size: int = 1024,
@@ -138,8 +141,13 @@ class DPOModule(ZephyrModule):
         }
         # ipo / sigmoid_norm alone read length-averaged log-probs (policy and reference); any other list gets
         # sums with token counts, and each term normalises as TRL does (also under a non-default f-divergence)
-        self.average = set(self.names) <= set(LENGTH_AVERAGED_LOSS_TYPES) and f_divergence_type == "reverse_kl"
+        # (LD-DPO re-weights sums: then sums with counts too)
+        averaged = set(self.names) <= set(LENGTH_AVERAGED_LOSS_TYPES)
+        self.average = averaged and f_divergence_type == "reverse_kl" and ld_alpha is None
         self.forward_opts = {"average": self.average, "chunked": chunked_loss, "chunk_size": loss_chunk_size}
+        if ld_alpha is not None:  # policy and reference (its cache key too) sum log-probs the LD-DPO way
+            check_ld_alpha(ld_alpha)
+            self.forward_opts["ld_alpha"] = float(ld_alpha)
         self._metric_weights: dict[str, int] = {}
         self.save_hyperparameters(ignore=["model", "optimizer", "reference"])
         # a plain attribute, not an nn.Module one: never in checkpoints, the optimizer or Lightning's .train()
@@ -156,6 +164,8 @@ class DPOModule(ZephyrModule):
     def validate_config(cls, objective: Any) -> None:
         """Pre-model check of ``objective`` (a config mapping): ``ValueError`` for bad loss names or weights."""
         loss_terms(objective.get("loss_type", "sigmoid"), objective.get("loss_weights"), objective.get("rpo_alpha"))
+        if objective.get("ld_alpha") is not None:
+            check_ld_alpha(objective.get("ld_alpha"))
 
     @property
     def reference_forwards(self) -> int:
@@ -289,6 +299,12 @@ class DPOModule(ZephyrModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "eval")
+
+
+def check_ld_alpha(ld_alpha: Any) -> None:
+    """``ValueError`` naming ``objective.ld_alpha`` unless it is a number in [0, 1] (LD-DPO's α)."""
+    if isinstance(ld_alpha, bool) or not isinstance(ld_alpha, (int, float)) or not 0.0 <= ld_alpha <= 1.0:
+        raise ValueError(f"objective.ld_alpha={ld_alpha!r} must be in [0, 1] (LD-DPO; null: off)")
 
 
 #: The reference-free objectives (``objective=simpo|orpo|cpo``).

@@ -81,14 +81,22 @@ class FrozenReference:
 
     @torch.no_grad()
     def logps(
-        self, batch: dict[str, torch.Tensor], *, average: bool, chunked: bool = True, chunk_size: int = 1024
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        average: bool,
+        chunked: bool = True,
+        chunk_size: int = 1024,
+        ld_alpha: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ref_chosen_logps, ref_rejected_logps)``, each ``(B,)`` fp32, for a batch in either layout."""
         was_training = self.model.training
         self.model.eval()
         try:
             with self.model.disable_adapter() if self.adapters_off else nullcontext():
-                out = pair_logps(self.model, batch, average=average, chunked=chunked, chunk_size=chunk_size)
+                out = pair_logps(
+                    self.model, batch, average=average, chunked=chunked, chunk_size=chunk_size, ld_alpha=ld_alpha
+                )
         finally:
             self.model.train(was_training)
         b = out.logps.shape[0] // 2
@@ -237,6 +245,7 @@ def compute_ref_logps(
     device: torch.device | str = "cpu",
     chunked: bool = True,
     chunk_size: int = 1024,
+    ld_alpha: float | None = None,
     autocast: Callable[[], Any] | None = None,
     desc: str = "reference log-probs",
     expected: torch.Tensor | None = None,
@@ -248,6 +257,7 @@ def compute_ref_logps(
         batches: preference batches covering item indices ``0..num_items-1``.
         num_items: number of pairs.
         average: IPO's length-averaged log-probs.
+        ld_alpha: LD-DPO's α for the sums (``None``: plain sums).
         device: where the batches run.
         chunked: see :func:`pair_logps`.
         chunk_size: see :func:`pair_logps`.
@@ -272,7 +282,9 @@ def compute_ref_logps(
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast() if autocast is not None else nullcontext():
-                c, r = reference.logps(batch, average=average, chunked=chunked, chunk_size=chunk_size)
+                c, r = reference.logps(
+                    batch, average=average, chunked=chunked, chunk_size=chunk_size, ld_alpha=ld_alpha
+                )
             idx = batch["index"].cpu()
             chosen[idx], rejected[idx] = c.float().cpu(), r.float().cpu()
             progress.advance(task, len(idx))
@@ -407,6 +419,7 @@ class Reference:
         alpha: the soft sync's weight of the policy, ``ref <- alpha * policy + (1 - alpha) * ref``.
         every_n_steps: sync after every ``every_n_steps``-th optimizer step.
         fill_timeout_s: how long a rank waits for the other ranks' shards of a cache fill.
+        ld_alpha: LD-DPO's α: the reference sums log-probs as the policy does (part of the key when set).
     """
 
     def __init__(
@@ -429,6 +442,7 @@ class Reference:
         alpha: float = 0.6,
         every_n_steps: int = 512,
         fill_timeout_s: float = 3600.0,
+        ld_alpha: float | None = None,
     ):
         self.mode = check_mode(mode)
         check_sync(
@@ -441,6 +455,8 @@ class Reference:
         self._pending_state: dict[str, Any] | None = None  # a checkpoint's reference, applied once the copy exists
         self.policy, self.model_cfg = policy, model
         self.forward_opts = {"average": bool(average), "chunked": chunked, "chunk_size": int(chunk_size)}
+        if ld_alpha is not None:  # LD-DPO: the reference sums its log-probs as the policy does
+            self.forward_opts["ld_alpha"] = float(ld_alpha)
         self.cache_dir, self.batch_size = cache_dir, int(batch_size)
         self.precision, self.dtype, self.root = str(precision), str(dtype), Path(str(root_dir)) / "runs" / "cache"
         self.adapters_off = hasattr(policy, "disable_adapter")
@@ -469,6 +485,7 @@ class Reference:
             "max_length": int(data.max_length),
             "max_prompt_length": int(data.max_prompt_length),
             "average": self.forward_opts["average"],
+            **({"ld_alpha": self.forward_opts["ld_alpha"]} if "ld_alpha" in self.forward_opts else {}),
             "precision": self.precision,
             "dtype": self.dtype,
             "data": data.fingerprint(split),
