@@ -19,7 +19,7 @@ def test_sft_loss_hand_worked_pools_tokens_not_rows():
     (log 6.4 + log 3) / 3 — not the mean of the two row means."""
     logits = torch.stack([torch.log(torch.tensor([1.0, 2.0, 5.0])).expand(4, 3), torch.zeros(4, 3)])
     labels = torch.tensor([[IGNORE, 1, 2, IGNORE], [IGNORE, IGNORE, IGNORE, 0]])
-    loss, num_tokens = sft_loss(logits, labels)
+    loss, num_tokens = sft_loss(logits, labels)[:2]
     assert num_tokens.item() == 3
     assert_close(loss, torch.tensor((math.log(6.4) + math.log(3)) / 3))
 
@@ -29,7 +29,7 @@ def test_sft_loss_matches_cross_entropy():
     logits = torch.randn(2, 7, 13, requires_grad=True)
     labels = torch.randint(0, 13, (2, 7))
     labels[0, :3] = IGNORE
-    loss, _ = sft_loss(logits, labels)
+    loss, _ = sft_loss(logits, labels)[:2]
     reference = F.cross_entropy(logits[:, :-1].reshape(-1, 13), labels[:, 1:].reshape(-1), ignore_index=IGNORE)
     assert_close(loss, reference)
     (g,) = torch.autograd.grad(loss, [logits])
@@ -39,7 +39,7 @@ def test_sft_loss_matches_cross_entropy():
 
 def test_sft_loss_all_ignored_is_zero_not_nan():
     logits = torch.randn(2, 4, 5, requires_grad=True)
-    loss, num_tokens = sft_loss(logits, torch.full((2, 4), IGNORE))
+    loss, num_tokens = sft_loss(logits, torch.full((2, 4), IGNORE))[:2]
     assert num_tokens.item() == 0 and loss.item() == 0.0
     loss.backward()
     assert logits.grad.abs().sum().item() == 0.0
@@ -57,8 +57,8 @@ def test_sft_loss_from_hidden_matches_full_logits(chunk_size):
     weight = (0.2 * torch.randn(40, 12, generator=g)).requires_grad_(True)
     labels = torch.randint(0, 40, (2, 8), generator=g)
     labels[1, 5:] = IGNORE
-    full, n_full = sft_loss(hidden @ weight.T, labels)
-    lean, n_lean = sft_loss_from_hidden(hidden, weight, labels, chunk_size=chunk_size)
+    full, n_full = sft_loss(hidden @ weight.T, labels)[:2]
+    lean, n_lean = sft_loss_from_hidden(hidden, weight, labels, chunk_size=chunk_size)[:2]
     assert n_full.item() == n_lean.item() == 11
     assert_close(lean, full, atol=1e-5, rtol=1e-5)
     grads_full = torch.autograd.grad(full, [hidden, weight])
