@@ -40,6 +40,7 @@ from bench.common import (
     trl_preference_row,
     trl_training_args,
     zephyr_policy,
+    zephyr_trainer,
 )
 
 PROMPT_TOKENS, COMPLETION_TOKENS = 115, 100  # the tiny shape's pair lengths (--shape realistic: 150 / 250)
@@ -165,19 +166,7 @@ def zephyr_dpo_fit(tok, p: dict[str, Any], data_path: Path, cache_dir: Path, *, 
                 flops = dpo_step_flops(fm, [lengths[int(i)] for i in batch["index"]])
                 clock.step_end(int(batch["num_tokens"]), flops)
 
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision=p.get("precision", "32-true"),
-        max_steps=p["warmup"] + p["steps"],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[Clock()],
-    )
+    trainer = zephyr_trainer(p, [Clock()])
     trainer.fit(module, datamodule=dm)
     return fill_s
 

@@ -25,6 +25,7 @@ from bench.common import (
     trl_peft_config,
     trl_training_args,
     zephyr_policy,
+    zephyr_trainer,
 )
 
 
@@ -87,20 +88,7 @@ def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             clock.step_end(int(batch["num_tokens"]), queue.pop())
 
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision=p.get("precision", "32-true"),
-        max_steps=p["warmup"] + p["steps"],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[Clock()],
-        deterministic=False,
-    )
+    trainer = zephyr_trainer(p, [Clock()])
     trainer.fit(module, datamodule=dm)
     return {**clock.summary(p["warmup"]), "peak_rss_mb": peak_rss_mb()}
 

@@ -140,6 +140,25 @@ def trl_training_args(p: dict[str, Any], out: str) -> dict[str, Any]:
     )
 
 
+def zephyr_trainer(p: dict[str, Any], callbacks: list[Any]):
+    """The Lightning ``Trainer`` both zephyr sides run: CPU, ``warmup + steps`` steps, no logging/saving/eval."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=p.get("precision", "32-true"),
+        max_steps=p["warmup"] + p["steps"],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
+
+
 def setup_process(threads: int, seed: int = SEED) -> None:
     """Fix torch's thread count and every seed for this worker."""
     import random
