@@ -50,8 +50,8 @@ def test_packed_loss_equals_token_weighted_unpacked_loss(tokenizer, tiny_model):
     packed = collate_rows([[(e.input_ids, e.labels) for e in examples]], pad_id=2)
     loose = collate_rows([[(e.input_ids, e.labels)] for e in examples], pad_id=2)
     with torch.no_grad():
-        lp, n_p = module.loss(packed)
-        ll, n_l = module.loss(loose)
+        lp, n_p = module.loss(packed)[:2]
+        ll, n_l = module.loss(loose)[:2]
     assert int(n_p) == int(n_l) > 0
     torch.testing.assert_close(lp, ll, atol=1e-5, rtol=1e-5)
 
@@ -61,11 +61,11 @@ def test_chunked_loss_equals_full_logits_loss(tokenizer, tiny_model):
     batch = collate_rows([[(e.input_ids, e.labels)] for e in examples], pad_id=2)
     chunked = SFTModule(tiny_model, optimizer=torch.optim.AdamW, chunked_loss=True, loss_chunk_size=5)
     plain = SFTModule(tiny_model, optimizer=torch.optim.AdamW, chunked_loss=False)
-    a, _ = chunked.loss(batch)
+    a, _ = chunked.loss(batch)[:2]
     a.backward()
     grad_a = tiny_model.lm_head.weight.grad.clone()
     tiny_model.zero_grad()
-    b, _ = plain.loss(batch)
+    b, _ = plain.loss(batch)[:2]
     b.backward()
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grad_a, tiny_model.lm_head.weight.grad, atol=1e-6, rtol=1e-4)
