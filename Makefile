@@ -29,7 +29,7 @@ train: install ## dSFT of the embedded default only (python train.py)
 test: install ## run the whole test suite (unit, integration, slow, notebooks)
 	$(PY) -m pytest -q
 
-test-fast: install ## unit tests only (about 75 s on 2 cores)
+test-fast: install ## unit tests only (tests/unit)
 	$(PY) -m pytest -q tests/unit
 
 lint: install ## ruff lint + format check
