@@ -15,7 +15,6 @@ from tests.unit.dpo.helpers_dpo import pref_rows, write_jsonl
 from tests.unit.models.test_families import FAMILIES, make_checkpoint
 
 # Lightning's pytree use on this torch version (as in tests/unit/dpo/test_dpo_module.py)
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 COMMON = ["trainer.enable_progress_bar=false", "logger=none", "trainer.max_steps=2", "data.eval_size=0"]
 
 

@@ -26,19 +26,12 @@ def step_losses(run_dir) -> dict[int, dict[str, float]]:
     return {int(float(r["step"])): {c: float(r[c]) for c in COLUMNS} for r in rows}
 
 
-EPOCH_END_BUG = (
-    "resuming from a checkpoint taken at the exact end of an epoch gives step 4 (the next epoch's first batch) "
-    "other pairs than the uninterrupted run (train/num_tokens 1366 vs 1340): the epoch-boundary state of "
-    "zephyr/data/collate.py ResumableDataLoader/ResumableBatchSampler under Lightning's restore"
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "n_rows",
     [
         pytest.param(14, id="mid_epoch"),  # 14 / 4 -> 4 batches: the step-3 checkpoint is mid-epoch 1
-        pytest.param(10, id="epoch_end", marks=pytest.mark.xfail(strict=True, reason=EPOCH_END_BUG)),  # 3 batches
+        pytest.param(10, id="epoch_end"),  # 10 / 4 -> 3 batches: the step-3 checkpoint ends epoch 0
     ],
 )
 def test_loss_list_kill_and_resume_reproduces_every_term(tmp_path, n_rows):

@@ -126,13 +126,18 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return torch.randperm(self.num_items, generator=g).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
-        self.current_epoch = self.epoch
-        order, start = self._order(), self.start_batch
+        # Not a generator: the epoch advances when the pass begins. Lightning stops after ``len(self)`` batches
+        # without exhausting the iterator, so a counter bumped after the last yield would never move and every
+        # epoch would repeat the first one's order.
+        self.current_epoch, order, start = self.epoch, self._order(), self.start_batch
+        self.epoch += 1
         self.start_batch = 0  # a restored position applies to the first pass only
+        return self._batches(order, start)
+
+    def _batches(self, order: list[int], start: int) -> Iterator[list[int]]:
         for local in range(start, len(self)):
             b = local * self.world_size + self.rank  # this rank's share of the one global sequence
             yield order[b * self.batch_size : (b + 1) * self.batch_size]
-        self.epoch += 1
 
 
 class ResumableDataLoader(DataLoader):

@@ -15,7 +15,6 @@ from zephyr.modules.pair_forward import pair_logps
 from zephyr.objectives.logprobs import completion_logps
 
 # pytorch_lightning 2.6 calls a torch pytree API that torch 2.13 deprecates (not ours to fix)
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
 
 @pytest.fixture(scope="module")

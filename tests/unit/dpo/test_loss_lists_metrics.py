@@ -14,8 +14,6 @@ from zephyr.errors import ConfigError
 from zephyr.modules.pair_forward import pair_logps
 from zephyr.objectives.logprobs import token_logps_from_hidden
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 
 @pytest.fixture(scope="module")
 def tok():

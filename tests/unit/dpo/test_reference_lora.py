@@ -21,7 +21,6 @@ from zephyr.modules.reference import Reference, state_dict_fingerprint
 
 peft = pytest.importorskip("peft")
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),
     # peft reads transformers' deprecated alias (not ours to fix; zephyr.models.adapters silences it the same way)
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
 ]

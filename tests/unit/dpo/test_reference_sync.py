@@ -16,7 +16,6 @@ from tests.unit.dpo.helpers_dpo import export_tiny, make_datamodule, pref_rows, 
 from zephyr.modules.reference import Reference, check_sync
 
 REPO = Path(__file__).resolve().parents[3]
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
 
 @pytest.fixture(scope="module")
