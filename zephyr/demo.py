@@ -38,6 +38,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+# the held-out evaluation lives in zephyr.eval.heldout (a training run's `heldout` block uses it too)
+from zephyr.eval.heldout import evaluate, heldout_tasks, world_families
+
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -133,28 +136,8 @@ class TimedBackend:
 
 
 # --------------------------------------------------------------------------------------------------
-# Evaluation
+# The world's teacher (its held-out evaluation: zephyr.eval.heldout)
 # --------------------------------------------------------------------------------------------------
-def world_families(settings: DictConfig) -> list[str] | None:
-    """The toy world's task families (``world.families``; ``None`` = every family), checked against the toy world.
-
-    Raises:
-        ValueError: an unknown family name.
-    """
-    from zephyr.toy.tasks import FAMILIES
-
-    fams = settings.get("world", {}).get("families")
-    if fams is None:
-        return None
-    fams = [str(f) for f in fams]
-    if not fams:
-        raise ValueError(f"demo world.families: name at least one family (or null for all): {list(FAMILIES)}")
-    unknown = [f for f in fams if f not in FAMILIES]
-    if unknown:
-        raise ValueError(f"demo world.families: unknown families {unknown}; known: {list(FAMILIES)}")
-    return fams
-
-
 def make_teacher(settings: DictConfig, seed: int):
     """The imperfect teacher of the world: ``ToyTeacher(seed, **world.teacher)``.
 
@@ -168,44 +151,6 @@ def make_teacher(settings: DictConfig, seed: int):
         return ToyTeacher(seed, **kwargs)  # type: ignore[arg-type]
     except TypeError as err:
         raise ValueError(f"demo world.teacher: {err}") from None
-
-
-def heldout_tasks(settings: DictConfig):
-    """The FIXED held-out questions of the world (same for every seed and every model)."""
-    from zephyr.toy.tasks import sample_tasks
-
-    return sample_tasks(
-        int(settings.eval.n), int(settings.eval.seed), split="heldout", families=world_families(settings)
-    )
-
-
-def evaluate(model, tokenizer, tasks, settings: DictConfig, *, insert_empty_system: bool = True) -> dict[str, Any]:
-    """Greedy answers to ``tasks`` graded by the verifier: overall and per-family accuracy, sample answers.
-
-    Answers come from the generation engine (:class:`zephyr.generation.Generator`), rendered as the model's
-    training rendered prompts (``insert_empty_system``: its export's ``prompt_format``; the base model gets the
-    training default).
-    """
-    from zephyr.generation import Generator
-    from zephyr.toy.tasks import is_correct
-
-    model.eval()
-    done = Generator(model, tokenizer, insert_empty_system=insert_empty_system).generate_batch(
-        [[{"role": "user", "content": t.question}] for t in tasks],
-        max_tokens=int(settings.eval.max_new_tokens), batch_size=int(settings.eval.batch_size),
-    )  # fmt: skip
-    answers = [c.text.strip() for c in done]
-    right = [is_correct(t, a) for t, a in zip(tasks, answers)]
-    fams: dict[str, list[bool]] = {}
-    for t, r in zip(tasks, right):
-        fams.setdefault(t.family, []).append(r)
-    return {
-        "accuracy": sum(right) / len(right),
-        "by_family": {f: sum(v) / len(v) for f, v in sorted(fams.items())},
-        "examples": [
-            {"question": t.question, "answer": a, "correct": r} for t, a, r in list(zip(tasks, answers, right))[:8]
-        ],
-    }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -431,6 +431,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from zephyr.modules.reference import check_reference_config
 
     check_reference_config(cfg)  # objective.reference: mode, TR-DPO sync (refused with the cache)
+    from zephyr.eval.heldout import check_heldout, run_heldout
+
+    check_heldout(cfg)  # the optional post-fit held-out evaluation (toy world)
     out = resolve_output_dir(cfg)
     check_model_path(cfg)
     ckpt_path = resolve_ckpt_path(cfg, out)
@@ -468,6 +471,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("final_eval", True) and datamodule.eval_items:
             for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items():
                 metrics[k] = float(v)
+        if cfg.get("heldout") and trainer.is_global_zero:  # accuracy on the toy world's held-out questions, KL
+            metrics.update(run_heldout(cfg, module.model, tokenizer, lambda: build(cfg.model).eval(), out))
         metrics["global_step"] = float(trainer.global_step)
         metrics["runtime_s"] = time.perf_counter() - started
         if cfg.get("export", True):

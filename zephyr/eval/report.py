@@ -4,13 +4,16 @@ Used by ``zephyr report DIR`` and by the notebooks, which only call these functi
 
 Sweep directory format (written by the dDPO sweep): ``summary.json`` (a list of row dicts; ``summary.csv``
 holds the same rows) with ``job``, ``overrides`` ("objective.beta=0.1,objective.lr=5e-7"), one column per
-swept key, final metrics (``train/loss``, ``eval/rewards/accuracies``, ``eval/kl``, ``heldout/accuracy`` ...,
-any may be missing) and ``runtime_s``; each ``<job>/metrics.csv`` has per-step rows (``step`` then sparse
-metric columns). W&B offline runs under the directory (``wandb/offline-run-*/files/wandb-summary.json``)
-are read too when present.
+swept key, final metrics (``train/loss``, ``eval/rewards/accuracies``, ``eval/kl``, ``heldout_accuracy``,
+``heldout_kl`` ..., any may be missing) and ``runtime_s``; each ``<job>/metrics.csv`` has per-step rows
+(``step`` then sparse metric columns). W&B offline runs under the directory
+(``wandb/offline-run-*/files/wandb-summary.json``) are read too when present.
 
 Demo format: ``report.json`` = ``{"stages": {name: seconds}, "accuracy": {model: fraction},
 "heldout_n", "seed", optional "accuracy_std", "seeds"}``.
+
+A swept key of names (the loss study's ``loss``) is drawn as bars per name, replicates (a swept ``seed``)
+as mean ± std; a numeric key as lines (log x for beta and learning rates).
 
 Figures are ``matplotlib.figure.Figure`` objects built without pyplot, so the CLI needs no display and
 leaks no global state; notebooks display them directly.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,11 +37,15 @@ SWEEP_METRICS = [
     "eval/rewards/margins",
     "eval/kl",
     "heldout/accuracy",
+    "heldout_accuracy",
+    "heldout_kl",
     "eval/loss",
     "train/loss",
     "eval/rewards/chosen",
 ]
 """Metrics plotted against each swept key, in this order, when the summary has them."""
+HELDOUT_METRICS = ("heldout_accuracy", "heldout_kl")
+"""What a run's ``heldout`` block adds (:func:`zephyr.eval.heldout.run_heldout`), drawn on their own as well."""
 
 LOG_SCALE_SUFFIXES = ("beta", "lr", "learning_rate")
 NON_KEY_COLUMNS = {"job", "overrides", "runtime_s"}
@@ -124,11 +132,60 @@ def _is_log_key(key: str) -> bool:
     return key.split(".")[-1].lower() in LOG_SCALE_SUFFIXES
 
 
+def is_categorical(df: pd.DataFrame, key: str) -> bool:
+    """Whether swept ``key`` takes names rather than numbers (``loss=sigmoid,ipo,...``): drawn as bars, not a line."""
+    values = df[key].dropna()
+    return bool(len(values)) and pd.to_numeric(values, errors="coerce").isna().any()
+
+
+def _is_replicate(key: str) -> bool:
+    return key.split(".")[-1].lower() == "seed"
+
+
+def plot_metric_bars(df: pd.DataFrame, key: str, metric: str, ax) -> Any:
+    """Bars of ``metric`` per value of the categorical ``key`` (in job order) on ``ax``; returns ``ax``.
+
+    Rows that differ only in a ``seed`` key are replicates: the bar is their mean, the error bar their population
+    standard deviation (as the demo's ± std) when there are several. Each setting of the other swept keys gets its
+    own bar colour beside the others.
+    """
+    others = [k for k in swept_keys(df) if k != key and not _is_replicate(k)]
+    sub = df[[key, metric, *others]].dropna(subset=[key, metric])
+    cats = list(dict.fromkeys(sub[key].astype(str)))
+    groups = list(sub.groupby(others, dropna=False, sort=False)) if others else [((), sub)]
+    width = 0.8 / max(1, len(groups))
+    n_max = 1
+    for g_idx, (label, g) in enumerate(groups):
+        vals: dict[str, list[float]] = {}
+        for cat, v in zip(g[key].astype(str), g[metric].astype(float)):
+            vals.setdefault(cat, []).append(v)
+        means = [sum(vals[c]) / len(vals[c]) if c in vals else math.nan for c in cats]
+        stds = [statistics.pstdev(vals[c]) if c in vals and len(vals[c]) > 1 else 0.0 for c in cats]
+        n_max = max([n_max, *(len(v) for v in vals.values())])
+        name = ", ".join(
+            f"{k.split('.')[-1]}={v}" for k, v in zip(others, label if isinstance(label, tuple) else (label,))
+        )
+        xs = [i - 0.4 + width * (g_idx + 0.5) for i in range(len(cats))]
+        ax.bar(xs, means, width=width, yerr=stds if n_max > 1 else None, capsize=3, label=name or None)
+    ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right")
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    reps = f" (mean ± std of {n_max} seeds)" if n_max > 1 else ""
+    ax.set_title(f"{metric} per {key.split('.')[-1]}{reps}")
+    ax.grid(alpha=0.3, axis="y")
+    if others and len(sub):
+        ax.legend(fontsize="small")
+    return ax
+
+
 def plot_metric_vs_key(df: pd.DataFrame, key: str, metric: str, ax) -> Any:
     """Plot ``metric`` against swept ``key`` on ``ax``: one line per combination of the other swept keys.
 
-    Log x scale for beta and learning rates. Returns ``ax``.
+    Log x scale for beta and learning rates; a categorical key (names, e.g. the loss study's ``loss``) gets
+    :func:`plot_metric_bars` instead. Returns ``ax``.
     """
+    if is_categorical(df, key):
+        return plot_metric_bars(df, key, metric, ax)
     others = [k for k in swept_keys(df) if k != key]
     sub = df[[key, metric, *others]].dropna(subset=[key, metric])
     groups = sub.groupby(others, dropna=False) if others else [((), sub)]
@@ -260,9 +317,16 @@ def sweep_markdown(df: pd.DataFrame, title: str = "Sweep") -> str:
 
 
 def sweep_figures(multirun_dir: str | os.PathLike, df: pd.DataFrame | None = None) -> dict[str, Figure]:
-    """All sweep figures by file name: ``<key>_sweep.png`` per swept key and ``loss_curves.png`` (when curves exist)."""
+    """All sweep figures by file name: ``<key>_sweep.png`` per swept key (every metric), ``<key>_heldout.png``
+    (``heldout_accuracy`` and ``heldout_kl`` alone, when the jobs ran a ``heldout`` block: the loss study's headline)
+    and ``loss_curves.png`` (when curves exist).
+    """
     df = load_sweep(multirun_dir) if df is None else df
     figs = {f"{key.replace('/', '_')}_sweep.png": plot_sweep(df, key) for key in swept_keys(df)}
+    held = [m for m in HELDOUT_METRICS if m in df.columns and df[m].notna().any()]
+    if held:
+        keys = [k for k in swept_keys(df) if not _is_replicate(k)] or swept_keys(df)
+        figs.update({f"{key.replace('/', '_')}_heldout.png": plot_sweep(df, key, held) for key in keys})
     curves = plot_loss_curves(multirun_dir, df, ("train/loss", "eval/loss"))
     if curves is not None:
         figs["loss_curves.png"] = curves
