@@ -21,6 +21,12 @@ layer's input (``2·s·b·h`` per layer) plus one layer being recomputed. The lo
 chunks go through the ``lm_head`` module, whose forward gathers a sharded weight). DPO doubles the rows (chosen and
 rejected go through together) and a live reference model adds its unsharded weights. Framework overhead
 (CUDA context ~0.5-1 GB, allocator fragmentation, communication buckets) is not included: keep ~10 % headroom.
+The ``fsdp`` row also leaves out FSDP2's unsharded working set: the root unit (embeddings, final norm, LM head)
+is not resharded after forward, so its full weights and gradient add ``2·w·P_root·(1 - 1/N)`` during a step
+(0.13 GB for the 32k x 512 embeddings of the CPU test shape), plus one or two gathered decoder layers. Measured
+on CPU (52M-parameter checkpoint, 2 ranks, :class:`PeakMemory`): estimate 0.78 GB, per-rank peaks 0.78 and
+0.87 GB (0 to -10 %); before :func:`zephyr.scale.fsdp2.return_freed_host_memory` glibc's heap kept FSDP2's
+freed per-layer buffers resident and the peaks were 1.21 / 1.31 GB (the -39 % the README once reported).
 
 The model is the checkpoint's own when ``model.path`` is a local checkpoint: its ``config.json`` is built on
 the meta device (no weights read) and its parameters counted exactly, whatever the family (tied embeddings,
@@ -432,6 +438,30 @@ class PeakMemory(pl.Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.model_ready_kib = _status_kib("VmRSS")  # model built (and sharded), optimizer created, no step yet
+        self._phase("model_ready")
+
+    def _phase(self, name: str) -> None:
+        """Record RSS and the high-water mark (over the ``setup`` RSS) the first time the run reaches ``name``."""
+        phases = self.__dict__.setdefault("phases", {})
+        if name not in phases and hasattr(self, "baseline_kib"):
+            base = self.baseline_kib
+            phases[name] = {
+                "rss_delta_bytes": (_status_kib("VmRSS") - base) * 1024,
+                "peak_delta_bytes": (_status_kib("VmHWM") - base) * 1024,
+            }
+
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
+        self._phase("forward")
+
+    def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+        self._phase("backward")
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        self._phase("before_optimizer_step")
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if getattr(trainer, "global_step", 0) >= 1:
+            self._phase("after_first_optimizer_step")
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         peak = _status_kib("VmHWM")
@@ -443,6 +473,7 @@ class PeakMemory(pl.Callback):
             "delta_bytes": (peak - self.baseline_kib) * 1024,
             "model_ready_delta_bytes": (getattr(self, "model_ready_kib", self.baseline_kib) - self.baseline_kib) * 1024,
             "file_backed_bytes": _status_kib("RssFile") * 1024,
+            "phases": getattr(self, "phases", {}),
         }
         out = Path(trainer.default_root_dir) / f"memory_rank{trainer.global_rank}.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -109,3 +109,63 @@ def test_dpo_doubles_rows_and_live_reference_adds_weights(compose):
     sft_rows, _ = estimates_for_config(compose("data.batch_size=2"))
     n = facts["n_params"]
     assert rows[1].activations - sft_rows[1].activations > n * 4 * 0.99  # fp32 reference weights included
+
+
+def test_peak_memory_records_each_phase_of_the_first_step(tmp_path):
+    """PeakMemory writes, per phase of the first step, the RSS and the high-water mark over the setup RSS."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from zephyr.scale.memory import PeakMemory
+
+    cb = PeakMemory()
+    trainer = SimpleNamespace(global_rank=0, world_size=1, default_root_dir=str(tmp_path), global_step=0)
+    cb.setup(trainer, None, "fit")
+    cb.on_train_start(trainer, None)
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB touched between the build and the first backward
+    cb.on_before_backward(trainer, None, None)
+    del block
+    cb.on_after_backward(trainer, None)
+    cb.on_before_optimizer_step(trainer, None, None)
+    cb.on_train_batch_end(trainer, None, None, None, 0)  # global_step 0: no optimizer step yet
+    trainer.global_step = 1
+    cb.on_train_batch_end(trainer, None, None, None, 1)
+    cb.on_fit_end(trainer, None)
+    report = json.loads((tmp_path / "memory_rank0.json").read_text())
+    phases = report["phases"]
+    assert list(phases) == ["model_ready", "forward", "backward", "before_optimizer_step", "after_first_optimizer_step"]
+    assert phases["forward"]["peak_delta_bytes"] >= 60 * 2**20 > phases["model_ready"]["peak_delta_bytes"]
+    assert phases["backward"]["rss_delta_bytes"] < phases["forward"]["rss_delta_bytes"] - 30 * 2**20  # freed
+    # the kernel's RSS counters are synced lazily (per-thread caches): equal to within a MiB
+    assert report["delta_bytes"] >= phases["forward"]["peak_delta_bytes"] - 2**20
+
+
+def test_return_freed_host_memory_unmaps_freed_buffers():
+    """With the fixed mmap threshold freed 4 MiB blocks leave RSS; with glibc's dynamic one (raised by freeing a
+    16 MiB block first) they stay resident in the heap. In a subprocess: the setting is process-wide."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from zephyr.scale.fsdp2 import return_freed_host_memory
+def rss_kib():
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmRSS:"))
+if sys.argv[1] == "fixed":
+    assert return_freed_host_memory()
+big = torch.ones(16 * 2**18); del big  # freeing a mmapped 16 MiB block raises glibc's dynamic threshold to it
+kept = []
+before = rss_kib()
+for _ in range(16):
+    kept.append(torch.ones(2**20))  # 4 MiB each, 64 MiB in all
+kept = [kept[i] for i in range(0, 16, 2)]  # free every other block: holes below the heap top
+print((rss_kib() - before) // 1024)
+"""
+    mib = {}
+    for mode in ("fixed", "default"):
+        proc = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        mib[mode] = int(proc.stdout.split()[-1])
+    assert mib["fixed"] <= 40 and mib["default"] >= 56, mib  # 32 MiB still held vs all 64 MiB
