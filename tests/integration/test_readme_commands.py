@@ -77,6 +77,9 @@ SKIPPED: dict[str, str] = {
     "python train.py adapter=qlora model.path=DIR": "a pretrained DIR (QLoRA on CPU: tests/integration/test_lora.py)",
     "python train.py +experiment=zephyr_7b_sft_qlora paths.output_dir=runs/dsft_qlora": "hub weights and data, a GPU",
     "python train.py +experiment=zephyr_7b_dpo_qlora model.path=runs/dsft_qlora/model": "a QLoRA dSFT export, a GPU",
+    "python train.py -m +experiment=loss_study seed=0,1,2": (
+        "27 jobs on `zephyr demo`'s outputs; ci-size study: tests/integration/test_loss_study.py"
+    ),
 }
 if importlib.util.find_spec("optuna") is None or importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
     SKIPPED["python train.py -m +experiment=dpo_toy +sweep=optuna"] = "hydra-optuna-sweeper is not installed"

@@ -18,8 +18,9 @@ COMPOSE_ONLY = {"model/mistral_7b", "data/ultrachat", "data/ultrafeedback"}
 
 def group_options():
     for group in sorted(p for p in CONF.iterdir() if p.is_dir()):
-        # feedback, demo, iterate: the settings of `zephyr data`, `zephyr demo` and `zephyr iterate`, not train groups
-        if group.name in ("experiment", "sweep", "launcher", "feedback", "demo", "iterate"):
+        # feedback, demo, iterate: the settings of `zephyr data`, `zephyr demo` and `zephyr iterate`, not train groups;
+        # loss: options of +experiment=loss_study only (each composed there: tests/unit/test_loss_study.py)
+        if group.name in ("experiment", "sweep", "launcher", "feedback", "demo", "iterate", "loss"):
             continue
         for opt in sorted(group.rglob("*.yaml")):
             yield f"{group.name}/{opt.relative_to(group).with_suffix('')}"
