@@ -6,8 +6,9 @@ gets, in its multirun folder (``runs/multirun/<task_name>/<time>/``):
 * ``summary.csv`` and ``summary.json``: one row per job with ``job`` (its subfolder), ``overrides`` (the job's
   command-line overrides, comma-joined), one column per swept key (keys whose value differs between jobs, plus
   ``hydra.sweeper.params``), ``status``, the final metrics from the job's ``metrics.json`` (``train/*``,
-  ``eval/*``, ``global_step``) and ``runtime_s``. Rows are read from disk, so the table is also right for
-  launchers that run jobs elsewhere, and a failed job shows up with ``status=failed``.
+  ``eval/*``, ``global_step``; ``heldout_*`` from a ``heldout`` block) and ``runtime_s``. Rows are read from
+  disk, so the table is also right for launchers that run jobs elsewhere, and a failed job shows up with
+  ``status=failed``.
 
 Before each job it sets ``WANDB_NAME`` (built from the job's own overrides of the swept keys, e.g.
 ``beta=0.05,lr=0.0001``) and ``WANDB_RUN_GROUP`` (the experiment's ``task_name``) unless already set in the

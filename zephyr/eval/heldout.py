@@ -159,7 +159,7 @@ def heldout_settings(block: DictConfig) -> DictConfig:
     """A training config's ``heldout`` block in the demo's settings shape (``world.families``, ``eval.*``)."""
     return OmegaConf.create(
         {
-            "world": {"families": OmegaConf.to_container(block.families) if block.get("families") else None},
+            "world": {"families": None if block.get("families") is None else OmegaConf.to_container(block.families)},
             "eval": {k: block[k] for k in ("n", "seed", "max_new_tokens", "batch_size")},
         }
     )

@@ -168,6 +168,8 @@ def plot_metric_bars(df: pd.DataFrame, key: str, metric: str, ax) -> Any:
         xs = [i - 0.4 + width * (g_idx + 0.5) for i in range(len(cats))]
         ax.bar(xs, means, width=width, yerr=stds if n_max > 1 else None, capsize=3, label=name or None)
     ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right")
+    if len(sub) and (sub[metric].astype(float) >= 0).all():
+        ax.set_ylim(bottom=0)  # bars start at 0 (accuracies, KLs): no axis centred on an all-zero column
     ax.set_xlabel(key)
     ax.set_ylabel(metric)
     reps = f" (mean ± std of {n_max} seeds)" if n_max > 1 else ""
