@@ -50,12 +50,12 @@ MODELS = ("base", "dsft", "dsft_compute_matched", "ddpo", "dpo_from_base")
 
 QUIET_TRAINING = [
     "logger=none",
-    "callbacks.model_checkpoint=null",
     "trainer.enable_progress_bar=false",
     "trainer.val_check_interval=null",
     "final_eval=false",
 ]
-"""Overrides every demo training run gets: no W&B, no intermediate checkpoints, no per-step bar."""
+"""Overrides every demo training run gets: no W&B, no per-step bar. Checkpoints stay on (conf/callbacks, every 50
+steps): a stage killed midway resumes from its newest one (:func:`_train`)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,9 +191,20 @@ class Stages:
 
 
 def _train(overrides: list[str]) -> dict[str, float]:
+    """One training stage: resumed from its newest checkpoint when an earlier run was killed midway, else fresh.
+
+    ``ckpt_path=last`` continues a killed run (its time in ``stages.json`` then covers only the resumed part);
+    without a checkpoint, ``overwrite=true`` replaces what a killed run left. The checkpoints of a finished stage
+    are deleted: its export is the output, and they only served a resume.
+    """
+    import shutil
+
     from zephyr.run import train
 
-    return train(compose_train([*overrides, "overwrite=true"]))  # a stage that is redone replaces its old run
+    cfg = compose_train([*overrides, "ckpt_path=last", "overwrite=true"])
+    metrics = train(cfg)
+    shutil.rmtree(Path(str(cfg.paths.output_dir)) / "checkpoints", ignore_errors=True)
+    return metrics
 
 
 def _feedback(

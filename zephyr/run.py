@@ -257,6 +257,8 @@ def completed_run(cfg: DictConfig, ckpt_path: str | None, out: Path) -> dict[str
     max_steps = int(cfg.trainer.get("max_steps", -1) or -1)
     if not ckpt_path or max_steps <= 0:
         return None
+    if cfg.get("export", True) and not (out / "model" / "config.json").is_file():
+        return None  # killed between the last checkpoint and the export: the fit restores it and exports
     step = checkpoint_step(ckpt_path)
     if step is None or step < max_steps:
         return None
