@@ -60,6 +60,9 @@ def test_ckpt_path_last_takes_the_newest_checkpoint_and_finished_run_is_left_alo
     save_ckpt(d / "last.ckpt", 20)
     assert resolve_ckpt_path(cfg, tmp_path) == str(d / "last.ckpt")  # a tie: last.ckpt
     (tmp_path / "metrics.json").write_text('{"eval/loss": 1.5, "global_step": 20.0, "runtime_s": 3.0}')
+    assert completed_run(cfg, str(d / "last.ckpt"), tmp_path) is None  # killed before its export: fit, export
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
     assert completed_run(cfg, str(d / "last.ckpt"), tmp_path) == {
         "eval/loss": 1.5,
         "global_step": 20.0,
