@@ -87,6 +87,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         "prompt_tokens": 115,
         "completion_tokens": 100,
         "steps": 5,
+        "repeats": 3,
         "results": "latest.json",
     },
     "realistic": {
@@ -95,6 +96,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         "prompt_tokens": 150,
         "completion_tokens": 250,
         "steps": 2,
+        "repeats": 1,  # one zephyr + TRL pair is ~5 min per kind on 2 cores: 3 repeats would take an hour
         "results": "latest_realistic.json",
     },
 }

@@ -53,7 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--only", default=None, help=f"comma-separated subset of {','.join(KINDS)} (default: all; realistic: no sweep)"
     )
-    ap.add_argument("--repeats", type=int, default=3, help="fresh-process repeats per side (median reported)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="fresh-process repeats per side, median reported (tiny: 3, realistic: 1)",
+    )
     ap.add_argument("--warmup", type=int, default=1, help="steps run but not timed, per repeat")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per repeat (tiny: 5, realistic: 2)")
     ap.add_argument("--layers", type=int, default=None, help="override the shape's decoder layers (smoke runs)")
@@ -95,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--layers must be >= 1")
     shape = SHAPES[args.shape]
     args.steps = shape["steps"] if args.steps is None else args.steps
+    args.repeats = shape["repeats"] if args.repeats is None else args.repeats
     args.max_length = shape["max_length"] if args.max_length is None else args.max_length
     if not 1 <= args.points <= 5:
         ap.error("--points must be between 1 and 5")

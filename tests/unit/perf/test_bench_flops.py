@@ -69,7 +69,8 @@ def test_utilisation_is_a_fraction_of_the_peak():
 
 def test_realistic_shape_defaults_and_bad_names():
     args = parse_args(["--shape", "realistic"])
-    assert (args.max_length, args.steps) == (1024, 2)
+    assert (args.max_length, args.steps, args.repeats) == (1024, 2, 1)  # ~20 min on 2 cores
+    assert parse_args([]).repeats == 3 and parse_args(["--shape", "realistic", "--repeats", "3"]).repeats == 3
     assert args.only == ["sft", "dpo", "sft_lora", "dpo_lora"]
     assert SHAPES["realistic"]["results"] == "latest_realistic.json"
     assert (SHAPES["realistic"]["prompt_tokens"], SHAPES["realistic"]["completion_tokens"]) == (150, 250)
