@@ -112,27 +112,35 @@ def test_dpo_doubles_rows_and_live_reference_adds_weights(compose):
 
 
 def test_peak_memory_records_each_phase_of_the_first_step(tmp_path):
-    """PeakMemory writes, per phase of the first step, the RSS and the high-water mark over the setup RSS."""
+    """PeakMemory writes, per phase of the first step, the RSS and the high-water mark over the setup RSS.
+
+    In a fresh process: inside a long pytest run, garbage of earlier tests freed after the ``setup`` reading
+    would hide the 64 MiB below the baseline.
+    """
     import json
-    from types import SimpleNamespace
+    import subprocess
+    import sys
 
-    import torch
-
-    from zephyr.scale.memory import PeakMemory
-
-    cb = PeakMemory()
-    trainer = SimpleNamespace(global_rank=0, world_size=1, default_root_dir=str(tmp_path), global_step=0)
-    cb.setup(trainer, None, "fit")
-    cb.on_train_start(trainer, None)
-    block = torch.ones(64 * 2**20 // 4)  # 64 MiB touched between the build and the first backward
-    cb.on_before_backward(trainer, None, None)
-    del block
-    cb.on_after_backward(trainer, None)
-    cb.on_before_optimizer_step(trainer, None, None)
-    cb.on_train_batch_end(trainer, None, None, None, 0)  # global_step 0: no optimizer step yet
-    trainer.global_step = 1
-    cb.on_train_batch_end(trainer, None, None, None, 1)
-    cb.on_fit_end(trainer, None)
+    code = """
+import sys
+from types import SimpleNamespace
+import torch
+from zephyr.scale.memory import PeakMemory
+cb = PeakMemory()
+trainer = SimpleNamespace(global_rank=0, world_size=1, default_root_dir=sys.argv[1], global_step=0)
+cb.setup(trainer, None, "fit")
+cb.on_train_start(trainer, None)
+block = torch.ones(64 * 2**20 // 4)  # 64 MiB touched between the build and the first backward
+cb.on_before_backward(trainer, None, None)
+del block
+cb.on_after_backward(trainer, None)
+cb.on_before_optimizer_step(trainer, None, None)
+cb.on_train_batch_end(trainer, None, None, None, 0)  # global_step 0: no optimizer step yet
+trainer.global_step = 1
+cb.on_train_batch_end(trainer, None, None, None, 1)
+cb.on_fit_end(trainer, None)
+"""
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120)
     report = json.loads((tmp_path / "memory_rank0.json").read_text())
     phases = report["phases"]
     assert list(phases) == ["model_ready", "forward", "backward", "before_optimizer_step", "after_first_optimizer_step"]
