@@ -173,12 +173,9 @@ def case_overrides(case: Case, mode: Mode, out: Path, *, attn: str) -> list[str]
 
 def compose_case(overrides: list[str]):
     """The train config ``train.py`` would run with ``overrides`` (Hydra compose of ``conf/train.yaml``)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from zephyr.conf import compose
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose("train", overrides)
 
 
 class StepMeter(pl.Callback):

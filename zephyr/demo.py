@@ -39,11 +39,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 # the held-out evaluation lives in zephyr.eval.heldout (a training run's `heldout` block uses it too)
+from zephyr.conf import compose, dotlist_layers, merge_layers
 from zephyr.eval.heldout import evaluate, heldout_tasks, world_families
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SIZES = ("full", "ci")
 MODELS = ("base", "dsft", "dsft_compute_matched", "ddpo", "dpo_from_base")
 """The evaluated models, in ``report.json`` order."""
@@ -62,7 +62,7 @@ steps): a stage killed midway resumes from its newest one (:func:`_train`)."""
 # Settings
 # --------------------------------------------------------------------------------------------------
 def load_settings(size: str = "full", overrides: Sequence[str] = ()) -> DictConfig:
-    """``conf/demo/full.yaml``, merged with ``conf/demo/<size>.yaml`` and dotlist ``overrides``.
+    """``conf/demo/<size>.yaml`` composed by Hydra (``ci`` lists ``full`` first), then dotlist ``overrides``.
 
     Raises:
         ValueError: unknown size, a malformed override, or an override of a key ``full.yaml`` does not have
@@ -70,44 +70,18 @@ def load_settings(size: str = "full", overrides: Sequence[str] = ()) -> DictConf
     """
     if size not in SIZES:
         raise ValueError(f"demo size must be one of {SIZES}, got {size!r}")
-    cfg = OmegaConf.load(CONF_DIR / "demo" / "full.yaml")
-    if size != "full":
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(CONF_DIR / "demo" / f"{size}.yaml"))
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"demo overrides must look like key=value, got {bad}")
-    if overrides:
-        OmegaConf.set_struct(cfg, True)  # a typo'd key is refused, as train.py and `zephyr data --set` do
-        if isinstance(cfg.get("world"), DictConfig) and isinstance(cfg.world.get("teacher"), DictConfig):
-            OmegaConf.set_struct(cfg.world.teacher, False)  # ToyTeacher keyword arguments: checked by make_teacher
-        for o in overrides:
-            try:
-                cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o]))
-            except Exception as e:  # omegaconf's ConfigKeyError / ValidationError subclasses
-                key = o.split("=", 1)[0]
-                if "not in struct" in str(e) or "Key" in type(e).__name__:
-                    raise ValueError(f"--set {o}: unknown demo setting {key!r} (see conf/demo/full.yaml)") from None
-                raise ValueError(f"--set {o}: {str(e).splitlines()[0]}") from None
-        OmegaConf.set_struct(cfg, False)
-    return cfg
-
-
-def compose_train(overrides: Sequence[str]) -> DictConfig:
-    """The composed ``conf/train.yaml`` with ``overrides`` (what ``python train.py <overrides>`` would run)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("train", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
+    return merge_layers(
+        compose(f"demo/{size}"),
+        dotlist_layers(overrides),
+        open_keys=("world.teacher",),  # ToyTeacher keyword arguments: checked by make_teacher
+        noun="demo setting",
+        hint="(see conf/demo/full.yaml)",
+    )
 
 
 def model_config(settings: DictConfig) -> dict[str, Any]:
     """The random-init model config of the demo: ``conf/model/tiny_mistral.yaml`` with the demo's overrides."""
-    cfg = compose_train([f"paths.root_dir={Path.cwd()}", "paths.output_dir=unused", *settings.model])
+    cfg = compose("train", [f"paths.root_dir={Path.cwd()}", "paths.output_dir=unused", *settings.model])
     return OmegaConf.to_container(cfg.model.config, resolve=True)  # type: ignore[return-value]
 
 
@@ -201,7 +175,7 @@ def _train(overrides: list[str]) -> dict[str, float]:
 
     from zephyr.run import train
 
-    cfg = compose_train([*overrides, "ckpt_path=last", "overwrite=true"])
+    cfg = compose("train", [*overrides, "ckpt_path=last", "overwrite=true"])
     metrics = train(cfg)
     shutil.rmtree(Path(str(cfg.paths.output_dir)) / "checkpoints", ignore_errors=True)
     return metrics

@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zephyr.demo import CONF_DIR, QUIET_TRAINING, Stages, load_settings
+from zephyr.conf import compose, dotlist_layers, file_layer, merge_layers
+from zephyr.demo import QUIET_TRAINING, SIZES, Stages
 
 ROUND_STAGES = ("sampling", "judging", "binarize", "ddpo", "eval")
 PROMPTS = ("fresh", "same")
@@ -46,40 +47,22 @@ REPORT_KEYS = ("rounds", "accuracy", "heldout_n", "seed")
 def load_iterate_settings(
     size: str = "full", overrides: Sequence[str] = (), config: str | os.PathLike | None = None
 ) -> DictConfig:
-    """Demo settings (``size``) + ``conf/iterate/toy.yaml`` + the ``config`` file + dotlist ``overrides``.
+    """``conf/iterate/toy.yaml`` composed over the demo ``size``, then the ``config`` file, then dotlist ``overrides``.
 
     Raises:
-        ValueError: a missing/unreadable config file, an unknown key in it or in ``overrides``, or a bad value of
+        FileNotFoundError: no ``config`` file.
+        ValueError: an unreadable config file, an unknown key in it or in ``overrides``, or a bad value of
             ``iterate.prompts`` / ``iterate.reference`` / ``iterate.generation.backend`` / ``iterate.rounds``.
     """
-    mine = [o for o in overrides if o.split("=", 1)[0].lstrip("+").startswith("iterate.")]
-    demo = [o for o in overrides if o not in mine]
-    cfg = OmegaConf.merge(load_settings(size, demo), OmegaConf.load(CONF_DIR / "iterate" / "toy.yaml"))
-    layers: list[tuple[str, Any]] = []
-    if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            raise ValueError(f"--config {path}: no such file")
-        try:
-            layers.append((f"--config {path}", OmegaConf.load(path)))
-        except Exception as e:  # a YAML syntax error
-            raise ValueError(f"--config {path}: {str(e).splitlines()[0]}") from None
-    for o in mine:
-        if "=" not in o:
-            raise ValueError(f"iterate overrides must look like key=value, got {o!r}")
-        layers.append((f"--set {o}", OmegaConf.from_dotlist([o.lstrip("+")])))
-    for o in demo:  # already checked by load_settings; applied again so that they win over the config file
-        layers.append((f"--set {o}", OmegaConf.from_dotlist([o])))
-    OmegaConf.set_struct(cfg, True)
-    if isinstance(cfg.world.get("teacher"), DictConfig):
-        OmegaConf.set_struct(cfg.world.teacher, False)
-    for where, layer in layers:
-        try:
-            cfg = OmegaConf.merge(cfg, layer)
-        except Exception as e:
-            hint = "(see conf/iterate/toy.yaml, conf/demo/full.yaml)"
-            raise ValueError(f"{where}: {str(e).splitlines()[0]} {hint}") from None
-    OmegaConf.set_struct(cfg, False)
+    if size not in SIZES:
+        raise ValueError(f"demo size must be one of {SIZES}, got {size!r}")
+    layers = [file_layer(config)] if config is not None else []
+    cfg = merge_layers(
+        compose("iterate/toy", [f"demo@_global_={size}"]),
+        [*layers, *dotlist_layers(overrides)],  # --set wins over the file
+        open_keys=("world.teacher",),
+        hint="(see conf/iterate/toy.yaml, conf/demo/full.yaml)",
+    )
     check_settings(cfg)
     return cfg
 

@@ -1,17 +1,17 @@
 """Feedback-pipeline configuration: ``conf/feedback/toy.yaml`` holds every default, other files layer on it.
 
-``zephyr data sft|feedback|binarize``, the demo and the built-in toy pairs all start from that one file, so a
-default (``world_knowledge``, ``completion_gen.max_tokens``, ...) has one value wherever it is read.
+``zephyr data sft|feedback|binarize``, the demo and the built-in toy pairs all start from that one file (composed
+by Hydra, :func:`zephyr.conf.compose`), so a default (``world_knowledge``, ``completion_gen.max_tokens``, ...) has
+one value wherever it is read.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from omegaconf import DictConfig
 
-from omegaconf import DictConfig, OmegaConf
+from zephyr.conf import compose, dotlist_layers, file_layer, merge_layers
 
 BACKEND_KEYS = ("teacher", "user_sim", "pool", "judge")
-DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "conf" / "feedback" / "toy.yaml"
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> DictConfig:
@@ -24,25 +24,10 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         FileNotFoundError: ``path`` does not exist.
         ValueError: an unknown key.
     """
-    base = OmegaConf.load(DEFAULTS_FILE)
-    layers: list[tuple[str, DictConfig]] = []
-    if path:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such config file")
-        layers.append((path, OmegaConf.load(path)))
-    if overrides:
-        layers.append(("--set", OmegaConf.from_dotlist(list(overrides))))
-    for where, layer in layers:
-        layer = OmegaConf.to_container(layer, resolve=False)
-        if not isinstance(layer, dict):
-            raise ValueError(f"{where}: a feedback config must be a mapping")
-        for key in BACKEND_KEYS:
-            if key in layer:
-                base[key] = layer.pop(key)
-        OmegaConf.set_struct(base, True)
-        try:
-            base = OmegaConf.merge(base, layer)
-        except Exception as e:  # omegaconf raises ConfigKeyError / ValidationError subclasses
-            raise ValueError(f"{where}: {str(e).splitlines()[0]}") from None
-        OmegaConf.set_struct(base, False)
-    return base
+    layers = [file_layer(path)] if path else []
+    return merge_layers(
+        compose("feedback/toy"),
+        [*layers, *dotlist_layers(overrides or ())],
+        whole_keys=BACKEND_KEYS,
+        hint="(see conf/feedback/toy.yaml)",
+    )

@@ -47,11 +47,9 @@ TINY = [
 
 def compose_config(overrides: list[str]):
     """The train config with ``strategy=deepspeed_stage_3``, the tiny-model overrides, then ``overrides``."""
-    from hydra import compose, initialize_config_dir
+    from zephyr.conf import compose
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose("train", overrides=["strategy=deepspeed_stage_3", *TINY, *overrides])
+    return compose("train", ["strategy=deepspeed_stage_3", *TINY, *overrides])
 
 
 def run(steps: int, overrides: list[str], precision: str) -> dict[str, Any]:

@@ -483,14 +483,12 @@ class PeakMemory(pl.Callback):
 def main(argv: list[str] | None = None) -> int:
     """``python -m zephyr.scale.memory [hydra overrides]``: print the table for a composed train config."""
     import sys
-    from pathlib import Path
 
-    from hydra import compose, initialize_config_dir
-
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("train", overrides=list(sys.argv[1:] if argv is None else argv))
     from rich.console import Console
+
+    from zephyr.conf import compose
+
+    cfg = compose("train", list(sys.argv[1:] if argv is None else argv))
 
     print_memory_estimate(cfg, Console(width=132))
     return 0

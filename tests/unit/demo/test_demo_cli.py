@@ -9,7 +9,12 @@ from zephyr.demo import load_settings
 
 
 @pytest.mark.parametrize(
-    ("override", "key"), [("bogus=1", "bogus"), ("feedback.promts=7", "feedback.promts"), ("eval.x.y=1", "eval.x.y")]
+    ("override", "key"),
+    [
+        ("bogus=1", "bogus"),
+        ("feedback.promts=7", "feedback.promts"),
+        ("eval.x.y=1", "eval.x"),
+    ],  # names the first key that does not exist
 )
 def test_demo_set_refuses_unknown_keys(tmp_path, capsys, override, key):
     with pytest.raises(ValueError, match=rf"unknown demo setting '{key}'"):

@@ -49,7 +49,7 @@ def test_config_file(tmp_path):
     f.write_text("iterate:\n  promts: same\n")
     with pytest.raises(ValueError, match=f"--config {f}.*promts"):
         load_iterate_settings("ci", config=f)
-    with pytest.raises(ValueError, match="no such file"):
+    with pytest.raises(FileNotFoundError, match="no such config file"):
         load_iterate_settings("ci", config=tmp_path / "missing.yaml")
 
 
@@ -80,9 +80,9 @@ def test_reference_and_ddpo_overrides(tmp_path):
 
 
 def test_reference_sft_composes(tmp_path):
-    from zephyr.demo import compose_train
+    from zephyr.conf import compose
 
-    cfg = compose_train(
+    cfg = compose("train", 
         [f"paths.root_dir={tmp_path}", "paths.output_dir=x", "objective=dpo", "model.path=/r/prev",
          *reference_overrides(tmp_path / "sft", tmp_path / "c")]
     )  # fmt: skip
@@ -93,14 +93,14 @@ def test_reference_sft_composes(tmp_path):
 
 
 def test_wandb_group_and_round_key(tmp_path, monkeypatch):
-    from zephyr.demo import compose_train
+    from zephyr.conf import compose
 
     monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
     s = load_iterate_settings("ci", ["iterate.wandb=true"])
     over = train_overrides(s, tmp_path, 0, 2)
     assert "logger=wandb" in over and "logger=none" not in over and "+iterate.round=2" in over
     with wandb_run(s, "iterate-x-seed0", "round_2-ddpo"):
-        cfg = compose_train([*over, "paths.output_dir=x"])
+        cfg = compose("train", [*over, "paths.output_dir=x"])
         assert cfg.logger.group == "iterate-x-seed0" and cfg.logger.name == "round_2-ddpo"
         assert cfg.iterate.round == 2
     import os
