@@ -106,7 +106,7 @@ def zephyr_dpo_fit(tok, p: dict[str, Any], data_path: Path, cache_dir: Path, *, 
 
     from bench.flops import dpo_step_flops
     from zephyr.data.collate import ResumableDataLoader
-    from zephyr.data.preference_module import PreferenceDataModule
+    from zephyr.data.preference import PreferenceDataModule
     from zephyr.modules.dpo import DPOModule
     from zephyr.modules.reference import Reference
 
@@ -202,17 +202,16 @@ def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
 def run_zephyr_layout(p: dict[str, Any]) -> dict[str, Any]:
     """A bare DPO loop (no Lightning) in one batch layout, to measure what prefix sharing gains.
 
-    ``p["layout"]``: ``concat`` (:func:`zephyr.data.preference_module.collate_pairs`, 2B rows, the DPOModule's
-    layout) or ``prefix`` (:func:`zephyr.data.prefix_share.collate_pairs_prefix_shared`, B rows). Each step:
+    ``p["layout"]``: ``concat`` (:func:`zephyr.data.collate.collate_pairs`, 2B rows, the DPOModule's
+    layout) or ``prefix`` (:func:`zephyr.data.collate.collate_pairs_prefix_shared`, B rows). Each step:
     collate, policy forward, chunked completion log-probs, sigmoid DPO loss against reference log-probs computed
     beforehand (untimed, as with the cache), backward, AdamW step. Same pairs, same order for both layouts.
     """
     setup_process(p["threads"])
     import torch
 
+    from zephyr.data.collate import collate_pairs, collate_pairs_prefix_shared
     from zephyr.data.preference import tokenize_pair
-    from zephyr.data.preference_module import collate_pairs
-    from zephyr.data.prefix_share import collate_pairs_prefix_shared
     from zephyr.modules.pair_forward import pair_logps
     from zephyr.objectives.dpo import preference_loss
     from zephyr.tokenizer import load_tokenizer

@@ -43,7 +43,7 @@ def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from bench.flops import sft_step_flops
-    from zephyr.data.module import SFTDataModule
+    from zephyr.data.sft import SFTDataModule
     from zephyr.modules.sft import SFTModule
     from zephyr.tokenizer import load_tokenizer
     from zephyr.toy.teacher import sft_dialogues

@@ -14,13 +14,13 @@ def test_objective_dpo_brings_preference_data(compose):
     from zephyr.run import check_objective_data
 
     cfg = compose("objective=dpo")
-    assert cfg.data._target_ == "zephyr.data.preference_module.PreferenceDataModule"
+    assert cfg.data._target_ == "zephyr.data.preference.PreferenceDataModule"
     assert cfg.data.max_prompt_length == 128  # the toy pairs' settings (conf/data/toy_prefs.yaml)
     check_objective_data(cfg)
     local = compose("objective=dpo", "data=local_prefs", "data.path=pairs.jsonl")
     assert local.data.path == "pairs.jsonl"  # the command line still chooses the data
     assert compose("+experiment=dpo_toy").data.max_prompt_length == 128
-    assert compose().data._target_ == "zephyr.data.module.SFTDataModule"
+    assert compose().data._target_ == "zephyr.data.sft.SFTDataModule"
 
 
 @pytest.mark.parametrize(

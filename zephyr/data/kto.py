@@ -35,14 +35,9 @@ from typing import Any
 import torch
 
 from zephyr.data.chat_template import ConversationError, validate_messages
+from zephyr.data.collate import collate_pairs, collate_pairs_shared
 from zephyr.data.io import RowReport
-from zephyr.data.preference import tokenize_completions
-from zephyr.data.preference_module import (
-    PreferenceDataModule,
-    collate_pairs,
-    collate_pairs_shared,
-    examples_fingerprint,
-)
+from zephyr.data.preference import PreferenceDataModule, examples_fingerprint, tokenize_completions
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +148,7 @@ class KTODataModule(PreferenceDataModule):
 
     Args:
         tokenizer: the chat tokenizer.
-        **kwargs: see :class:`zephyr.data.preference_module.PreferenceDataModule` (``max_length``,
+        **kwargs: see :class:`zephyr.data.preference.PreferenceDataModule` (``max_length``,
             ``max_prompt_length``, ``layout``, ``batch_size`` in rows, which is also the KL chunk size, ...).
     """
 

@@ -1,4 +1,5 @@
-"""LightningDataModules: rows -> examples -> resumable batches, for SFT here and preference pairs in DPO.
+"""The LightningDataModule base: rows -> examples -> resumable batches (``SFTDataModule`` in :mod:`zephyr.data.sft`,
+``PreferenceDataModule`` in :mod:`zephyr.data.preference`, ``KTODataModule`` in :mod:`zephyr.data.kto`).
 
 One source is chosen by config: ``path`` (local jsonl/json/parquet), ``name`` (hub dataset, ``split`` and
 ``eval_split``), or the built-in toy-world dialogues. Eval rows come from ``eval_split`` (hub), ``eval_path`` (a
@@ -15,22 +16,13 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
 
 from zephyr.data.chat_template import ConversationError
-from zephyr.data.collate import ResumableBatchSampler, ResumableDataLoader, collate_rows
+from zephyr.data.collate import ResumableBatchSampler, ResumableDataLoader
 from zephyr.data.io import DataError, RowReport, load_numbered_rows
-from zephyr.data.sft import (
-    SFTExample,
-    build_sft_examples,
-    check_sft_options,
-    check_source,
-    pack_best_fit,
-    validate_sft_row,
-)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +36,12 @@ def holdout_size(eval_size: int, n_rows: int) -> int:
     if eval_size <= n_rows // 2:
         return eval_size
     return min(eval_size, max(1, math.ceil(n_rows / 10)), n_rows - 1)
+
+
+def check_source(path: str | None, name: str | None) -> None:
+    """Refuse a config that names both a local file and a hub dataset."""
+    if path and name:
+        raise DataError(f"data.path={path} and data.name={name} are both set; keep one")
 
 
 class ChatDataModule(pl.LightningDataModule):
@@ -226,57 +224,4 @@ class ChatDataModule(pl.LightningDataModule):
         return ResumableDataLoader(self.eval_items, sampler, collate_fn=self.collate, num_workers=self.num_workers)
 
 
-class SFTDataModule(ChatDataModule):
-    """dSFT batches (see :mod:`zephyr.data.sft`).
-
-    Args:
-        loss_on: ``assistant`` (default) or ``all``.
-        on_overlong: ``error`` | ``skip`` | ``truncate``.
-        packing: pack several conversations per row (best fit, no cross-attention).
-        insert_empty_system: prepend an empty system turn where there is none (the recipe's choice).
-        **kwargs: see :class:`ChatDataModule`.
-    """
-
-    kind = "sft"
-
-    def __init__(
-        self,
-        tokenizer,
-        *,
-        loss_on: str = "assistant",
-        on_overlong: str = "error",
-        packing: bool = False,
-        insert_empty_system: bool = True,
-        **kwargs: Any,
-    ):
-        check_sft_options(loss_on=loss_on, on_bad_row=kwargs.get("on_bad_row", "error"), on_overlong=on_overlong)
-        super().__init__(tokenizer, **kwargs)
-        self.loss_on, self.on_overlong, self.packing = loss_on, on_overlong, packing
-        self.insert_empty_system = insert_empty_system
-
-    def validate_row(self, row: dict[str, Any]) -> None:
-        validate_sft_row(row)
-
-    def build_items(self, rows, source, numbers=None):
-        examples, report = build_sft_examples(
-            self.tokenizer,
-            rows,
-            source=source,
-            max_length=self.max_length,
-            loss_on=self.loss_on,
-            on_bad_row=self.on_bad_row,
-            on_overlong=self.on_overlong,
-            insert_empty_system=self.insert_empty_system,
-            numbers=numbers,
-        )
-        if not self.packing:
-            return [[(ex.input_ids, ex.labels)] for ex in examples], report
-        bins = pack_best_fit([len(ex) for ex in examples], self.max_length)
-        return [[(examples[i].input_ids, examples[i].labels) for i in b] for b in bins], report
-
-    @property
-    def collate(self):
-        return partial(collate_rows, pad_id=self.tokenizer.pad_token_id)
-
-
-__all__ = ["ChatDataModule", "SFTDataModule", "SFTExample", "holdout_size"]
+__all__ = ["ChatDataModule", "check_source", "holdout_size"]

@@ -1,4 +1,4 @@
-"""Preference pairs for dDPO: schema checks and tokenisation with truncation (batches: ``preference_module``).
+"""Preference pairs for dDPO: schema checks, tokenisation with truncation, and the ``PreferenceDataModule``.
 
 Schema: ``HuggingFaceH4/ultrafeedback_binarized`` (``*_prefs`` splits). A row has ``chosen`` and ``rejected``,
 each a full conversation (list of ``{"role", "content"}``) ending in the assistant's completion, and usually
@@ -12,19 +12,58 @@ tokenised with BOS; each completion is what the template renders for the assista
 (``{answer}</s>\\n``). Prompt and completion are tokenised **together** and split at the prompt length so
 SentencePiece merges across the boundary match what the model sees at generation time.
 
-Loading, bad-row policy and the batch layouts (prefix-shared, or TRL's concatenated ``(2B, T)``) are
-:class:`zephyr.data.preference_module.PreferenceDataModule`'s.
+The data module (:class:`PreferenceDataModule`): every row is
+validated right after loading, before the eval hold-out (``ChatDataModule._load``), so an error or a counted skip
+names the row as it is in the file (1-based, the jsonl line). Tokenisation and truncation are
+:func:`tokenize_pair`.
+
+Batch layout: a batch of B pairs becomes 2B rows, ``[prompt_1 + chosen_1, ..., prompt_B + chosen_B,
+prompt_1 + rejected_1, ...]`` (TRL's ``concatenated_forward`` order), laid out by
+:func:`zephyr.data.collate.collate_rows`: right padding, ``position_ids`` restarting at 0 per sequence and no
+2-D attention mask, so chosen and rejected go through the model in ONE forward, the same code path as dSFT.
+``index`` carries each pair's position in the split so precomputed reference log-probs can be looked up.
+
+``layout="prefix_shared"`` (the default, ``data.layout``) instead lays out each pair as ONE row ``[prompt,
+chosen, rejected]`` with a 4-D segment mask (:func:`zephyr.data.collate.collate_pairs_shared`), so each prompt
+goes through the model once; the log-probs equal the concatenated layout's within 1e-5. It costs a
+``(B, 1, T, T)`` boolean mask per batch (T ≈ prompt + chosen + rejected) and cannot run under FlashAttention-2, where
+:class:`zephyr.modules.dpo.DPOModule` switches the data module back to ``concat``. ``num_tokens`` counts
+``2·prompt + chosen + rejected`` per pair in both layouts, so throughput figures are comparable.
+
+The embedded default (``conf/data/toy_prefs.yaml``) hands the module its rows as ``toy``, a callable that Hydra
+builds by ``_target_`` (:func:`zephyr.toy.pairs.preference_rows`: the feedback pipeline on toy-world questions);
+this package imports nothing from the toy world.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
-from zephyr.data.chat_template import ConversationError, encode, render_prompt, validate_messages, with_system
+import torch
 
-__all__ = ["tokenize_completions", "tokenize_pair", "validate_pair"]
+from zephyr.data.chat_template import ConversationError, encode, render_prompt, validate_messages, with_system
+from zephyr.data.collate import collate_pairs, collate_pairs_shared
+from zephyr.data.io import DataError, RowReport
+from zephyr.data.module import ChatDataModule
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("concat", "prefix_shared")
+
+__all__ = [
+    "LAYOUTS",
+    "PreferenceDataModule",
+    "examples_fingerprint",
+    "tokenize_completions",
+    "tokenize_pair",
+    "validate_pair",
+]
 
 
 def validate_pair(row: Mapping[str, Any]) -> tuple[list[dict[str, str]], dict[str, str], dict[str, str]]:
@@ -197,3 +236,95 @@ def tokenize_completions(
         **{f"{key}_input_ids": list(value) for key, value in ids.items()},
         "truncated": truncated,
     }
+
+
+def examples_fingerprint(items: list[dict[str, Any]]) -> str:
+    """SHA-256 over the token ids of every pair, in order: changes with the data, tokenizer or truncation."""
+    h = hashlib.sha256()
+    for it in items:
+        for key in ("prompt", "chosen", "rejected"):
+            h.update(key.encode())
+            h.update(torch.tensor(it[key], dtype=torch.int32).numpy().tobytes())
+    return h.hexdigest()
+
+
+class PreferenceDataModule(ChatDataModule):
+    """dDPO pairs.
+
+    Args:
+        tokenizer: the chat tokenizer.
+        max_length: longest prompt + completion (the recipe: 1024).
+        max_prompt_length: longest prompt after left truncation (the recipe: 512).
+        insert_empty_system: prepend an empty system turn to prompts without one (the recipe's choice).
+        layout: ``prefix_shared`` (one row per pair, each prompt run once) or ``concat`` (2B rows); see above.
+        **kwargs: see :class:`zephyr.data.module.ChatDataModule` (``path``, ``name``, ``split``, ``eval_split``,
+            ``eval_size``, ``batch_size`` in pairs, ``on_bad_row``, ``toy`` (the built-in rows), ...).
+    """
+
+    kind = "preference"
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        max_length: int = 1024,
+        max_prompt_length: int = 512,
+        insert_empty_system: bool = True,
+        layout: str = "prefix_shared",
+        **kwargs: Any,
+    ):
+        if layout not in LAYOUTS:
+            raise DataError(f"data.layout={layout!r} must be one of {', '.join(LAYOUTS)}")
+        if not 1 < max_prompt_length < max_length:
+            raise DataError(
+                f"data.max_prompt_length={max_prompt_length} must be > 1 and < data.max_length={max_length}"
+            )
+        super().__init__(tokenizer, max_length=max_length, **kwargs)
+        self.max_prompt_length = max_prompt_length
+        self.insert_empty_system = insert_empty_system
+        self.layout = layout
+
+    def validate_row(self, row: dict[str, Any]) -> None:
+        validate_pair(row)
+
+    def build_items(
+        self, rows: list[dict[str, Any]], source: str, numbers: list[int] | None = None
+    ) -> tuple[list[dict[str, Any]], RowReport]:
+        report = RowReport(source=source, read=len(rows))
+        items = []
+        for i, row in enumerate(rows):
+            ex = tokenize_pair(
+                self.tokenizer,
+                row,
+                max_length=self.max_length,
+                max_prompt_length=self.max_prompt_length,
+                insert_empty_system=self.insert_empty_system,
+            )
+            report.truncated += int(ex["truncated"])
+            items.append(
+                {
+                    "prompt": ex["prompt_input_ids"],
+                    "chosen": ex["chosen_input_ids"],
+                    "rejected": ex["rejected_input_ids"],
+                    "index": i,
+                }
+            )
+        report.kept = len(items)
+        return items, report
+
+    @property
+    def collate(self):
+        """The batch collator of ``self.layout`` (read when a loader is built, so a layout switch takes effect)."""
+        fn = collate_pairs_shared if self.layout == "prefix_shared" else collate_pairs
+        return partial(fn, pad_id=self.tokenizer.pad_token_id)
+
+    def fingerprint(self, split: str) -> str:
+        """Fingerprint of the tokenised ``train`` or ``eval`` pairs (call after ``setup``)."""
+        items = self.train_items if split == "train" else self.eval_items
+        if items is None:
+            raise RuntimeError("call setup() before fingerprint()")
+        return examples_fingerprint(items)
+
+    def local_dir(self) -> Path | None:
+        """The folder of a local data file (reference log-probs are cached next to it), else ``None``."""
+        return Path(self.path).expanduser().resolve().parent if self.path else None

@@ -1,4 +1,4 @@
-"""dSFT data: ultrachat_200k-schema conversations -> token ids with assistant-only labels, optional packing.
+"""dSFT data: ultrachat_200k-schema conversations -> token ids with assistant-only labels, packing, the data module.
 
 Schema (``HuggingFaceH4/ultrachat_200k``): ``messages: [{role, content}]`` alternating user/assistant, with
 optional ``prompt`` and ``prompt_id``. Each conversation gets an empty system turn when it has none (as the
@@ -11,17 +11,21 @@ Packing puts several conversations in one row with best-fit decreasing bin packi
 for each conversation and the model is called without a 2-D attention mask, so transformers builds a
 block-diagonal causal mask: packed conversations never attend to each other, and a packed conversation's
 logits equal its unpacked logits (tested).
+
+:class:`SFTDataModule` serves these as resumable batches (loading and the eval split: :mod:`zephyr.data.module`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from zephyr.data.chat_template import ConversationError, encode, validate_messages, with_system
-from zephyr.data.collate import IGNORE_INDEX
+from zephyr.data.collate import IGNORE_INDEX, collate_rows
 from zephyr.data.io import DataError, RowReport
+from zephyr.data.module import ChatDataModule
 
 log = logging.getLogger(__name__)
 
@@ -205,19 +209,66 @@ def pack_best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def check_source(path: str | None, name: str | None) -> None:
-    """Refuse a config that names both a local file and a hub dataset."""
-    if path and name:
-        raise DataError(f"data.path={path} and data.name={name} are both set; keep one")
+class SFTDataModule(ChatDataModule):
+    """dSFT batches (see :mod:`zephyr.data.sft`).
+
+    Args:
+        loss_on: ``assistant`` (default) or ``all``.
+        on_overlong: ``error`` | ``skip`` | ``truncate``.
+        packing: pack several conversations per row (best fit, no cross-attention).
+        insert_empty_system: prepend an empty system turn where there is none (the recipe's choice).
+        **kwargs: see :class:`ChatDataModule`.
+    """
+
+    kind = "sft"
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        loss_on: str = "assistant",
+        on_overlong: str = "error",
+        packing: bool = False,
+        insert_empty_system: bool = True,
+        **kwargs: Any,
+    ):
+        check_sft_options(loss_on=loss_on, on_bad_row=kwargs.get("on_bad_row", "error"), on_overlong=on_overlong)
+        super().__init__(tokenizer, **kwargs)
+        self.loss_on, self.on_overlong, self.packing = loss_on, on_overlong, packing
+        self.insert_empty_system = insert_empty_system
+
+    def validate_row(self, row: dict[str, Any]) -> None:
+        validate_sft_row(row)
+
+    def build_items(self, rows, source, numbers=None):
+        examples, report = build_sft_examples(
+            self.tokenizer,
+            rows,
+            source=source,
+            max_length=self.max_length,
+            loss_on=self.loss_on,
+            on_bad_row=self.on_bad_row,
+            on_overlong=self.on_overlong,
+            insert_empty_system=self.insert_empty_system,
+            numbers=numbers,
+        )
+        if not self.packing:
+            return [[(ex.input_ids, ex.labels)] for ex in examples], report
+        bins = pack_best_fit([len(ex) for ex in examples], self.max_length)
+        return [[(examples[i].input_ids, examples[i].labels) for i in b] for b in bins], report
+
+    @property
+    def collate(self):
+        return partial(collate_rows, pad_id=self.tokenizer.pad_token_id)
 
 
 __all__ = [
     "IGNORE_INDEX",
+    "SFTDataModule",
     "SFTExample",
     "DataError",
     "build_sft_examples",
     "check_sft_options",
-    "check_source",
     "pack_best_fit",
     "tokenize_conversation",
     "validate_sft_row",

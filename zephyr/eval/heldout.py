@@ -127,7 +127,7 @@ def sampled_kl(
     Returns:
         The mean log-ratio in nats.
     """
-    from zephyr.data.preference_module import collate_pairs
+    from zephyr.data.collate import collate_pairs
     from zephyr.generation import Generator, StreamState, choice_seeds
     from zephyr.modules.pair_forward import pair_logps
 

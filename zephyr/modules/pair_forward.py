@@ -4,7 +4,7 @@
 (:class:`zephyr.modules.dpo.DPOModule`), the reference (live or filling the cache,
 :class:`zephyr.modules.reference.Reference`), the benchmark and the tests all call it, so policy and reference
 log-probs are computed the same way by construction. It takes both batch layouts of
-:class:`zephyr.data.preference_module.PreferenceDataModule` and a PEFT model as well as a plain one
+:class:`zephyr.data.preference.PreferenceDataModule` and a PEFT model as well as a plain one
 (:func:`zephyr.modules.base.lm_parts`).
 """
 
@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from zephyr.data.prefix_share import mask_for_kernel
+from zephyr.data.collate import mask_for_kernel
 from zephyr.modules.base import lm_parts
 from zephyr.objectives.logprobs import (
     SequenceLogps,
@@ -84,11 +84,11 @@ def pair_logps(
 ) -> SequenceLogps:
     """Completion log-probs of the chosen and rejected completions of a preference batch in one forward pass.
 
-    Two batch layouts (:class:`zephyr.data.preference_module.PreferenceDataModule` ``layout``):
+    Two batch layouts (:class:`zephyr.data.preference.PreferenceDataModule` ``layout``):
 
-    * concatenated (:func:`zephyr.data.preference_module.collate_pairs`): ``input_ids``, ``position_ids``,
+    * concatenated (:func:`zephyr.data.collate.collate_pairs`): ``input_ids``, ``position_ids``,
       ``labels``, all ``(2B, T)``, padding-free, no attention mask;
-    * prefix-shared (:func:`zephyr.data.preference_module.collate_pairs_shared`, recognised by
+    * prefix-shared (:func:`zephyr.data.collate.collate_pairs_shared`, recognised by
       ``chosen_targets``): ``input_ids``, ``position_ids``, ``chosen_targets``, ``rejected_targets``
       ``(B, T)`` and a ``(B, 1, T, T)`` boolean ``attention_mask``; scored by
       :func:`zephyr.objectives.prefix_share.prefix_shared_logps` (log-probs equal to the concatenated layout's

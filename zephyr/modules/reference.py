@@ -364,7 +364,7 @@ def check_reference_config(cfg: Any) -> None:
 
 
 class PairData(Protocol):
-    """What the reference reads from the preference data (:class:`zephyr.data.preference_module.PreferenceDataModule`).
+    """What the reference reads from the preference data (:class:`zephyr.data.preference.PreferenceDataModule`).
 
     ``tokenizer``, ``max_length`` and ``max_prompt_length`` and ``fingerprint(split)`` go into the cache key;
     ``train_items`` / ``eval_items`` (after ``setup``) and ``collate`` are what the cache fill runs;

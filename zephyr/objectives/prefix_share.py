@@ -1,4 +1,4 @@
-"""Completion log-probs of prefix-shared DPO rows (see :mod:`zephyr.data.prefix_share`).
+"""Completion log-probs of prefix-shared DPO rows (see :func:`zephyr.data.collate.collate_pairs_shared`).
 
 A prefix-shared row ``[prompt, chosen, rejected]`` carries two pre-shifted target maps: the hidden state at
 ``t`` predicts ``chosen_targets[:, t]`` and/or ``rejected_targets[:, t]``. Each map is turned into the usual

@@ -8,7 +8,8 @@ import pytest
 
 from tests.unit.dpo.helpers_dpo import make_datamodule, pref_rows, write_jsonl
 from zephyr.data.io import DataError
-from zephyr.data.module import SFTDataModule, holdout_size
+from zephyr.data.module import holdout_size
+from zephyr.data.sft import SFTDataModule
 
 
 def sft_rows(n: int, start: int = 0) -> list[dict]:

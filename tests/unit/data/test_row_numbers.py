@@ -11,7 +11,7 @@ import pytest
 from tests.unit.data.test_preference import BAD_ROWS
 from tests.unit.dpo.helpers_dpo import make_datamodule, pref_rows
 from zephyr.data.io import DataError, RowReport
-from zephyr.data.module import SFTDataModule
+from zephyr.data.sft import SFTDataModule
 
 USER_USER = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}
 ALTERNATE = "turn 1 is 'user' but 'assistant' was expected (turns must alternate user/assistant)"

@@ -55,7 +55,7 @@ def export_tiny(out_dir: Path, seed: int = 0) -> Path:
 
 
 def make_datamodule(tokenizer, path: Path, **kwargs):
-    from zephyr.data.preference_module import PreferenceDataModule
+    from zephyr.data.preference import PreferenceDataModule
 
     opts = dict(path=str(path), eval_size=0, batch_size=4, max_length=128, max_prompt_length=64, seed=0)
     opts.update(kwargs)

@@ -147,7 +147,7 @@ def test_wandb_logger_takes_name_and_group_from_the_job_environment(cfg_of, monk
 def test_dpo_experiments_compose_with_their_sweeps(cfg_of, experiment):
     cfg = cfg_of(f"+experiment={experiment}", hydra_cfg=True)
     assert cfg.objective._target_ == "zephyr.modules.dpo.DPOModule"
-    assert cfg.data._target_ == "zephyr.data.preference_module.PreferenceDataModule"
+    assert cfg.data._target_ == "zephyr.data.preference.PreferenceDataModule"
     assert cfg.model.path == cfg.paths.sft_model and cfg.objective.beta == 0.1
     params = dict(cfg.hydra.sweeper.params or {})
     expected = {

@@ -186,7 +186,7 @@ def test_chunked_logps_equal_full_logps_per_family(family_dir):
 
 def test_prefix_shared_equals_concat_per_family(family_dir):
     """The DPO pair forward gives the same log-probs in both layouts (the 4-D mask works for every family)."""
-    from zephyr.data.preference_module import collate_pairs, collate_pairs_shared
+    from zephyr.data.collate import collate_pairs, collate_pairs_shared
     from zephyr.models.mistral import build_model
     from zephyr.modules.pair_forward import pair_logps
 

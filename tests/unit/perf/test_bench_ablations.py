@@ -15,8 +15,7 @@ from bench.bench_dpo import LengthGroupedBatchSampler
 from bench.common import build_policy
 from bench.run import ABLATION_VARIANTS
 from tests.conftest import TINY_CONFIG
-from zephyr.data.collate import ResumableBatchSampler
-from zephyr.data.prefix_share import collate_pairs_prefix_shared
+from zephyr.data.collate import ResumableBatchSampler, collate_pairs_prefix_shared
 from zephyr.modules.pair_forward import pair_logps
 
 pytestmark = pytest.mark.unit

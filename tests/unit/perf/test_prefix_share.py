@@ -12,8 +12,7 @@ from torch.testing import assert_close
 from transformers import MistralConfig, MistralForCausalLM
 
 from tests.conftest import TINY_CONFIG
-from zephyr.data.preference_module import collate_pairs
-from zephyr.data.prefix_share import collate_pairs_prefix_shared, segment_mask
+from zephyr.data.collate import collate_pairs, collate_pairs_prefix_shared, segment_mask
 from zephyr.modules.pair_forward import pair_logps
 
 pytestmark = pytest.mark.unit

@@ -44,7 +44,7 @@ def test_data_module_splits_by_the_trainers_rank(tokenizer):
     from functools import partial
     from types import SimpleNamespace
 
-    from zephyr.data.module import SFTDataModule
+    from zephyr.data.sft import SFTDataModule
     from zephyr.toy.teacher import sft_dialogues
 
     dm = SFTDataModule(tokenizer=tokenizer, batch_size=4, eval_size=8, toy=partial(sft_dialogues, 64, 0))
