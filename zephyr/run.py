@@ -433,9 +433,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from zephyr.modules.reference import check_reference_config
 
     check_reference_config(cfg)  # objective.reference: mode, TR-DPO sync (refused with the cache)
-    from zephyr.eval.heldout import check_heldout, run_heldout
+    if cfg.get("heldout") is not None:  # the optional post-fit held-out evaluation (toy world)
+        from zephyr.eval.heldout import check_heldout
 
-    check_heldout(cfg)  # the optional post-fit held-out evaluation (toy world)
+        check_heldout(cfg)
     out = resolve_output_dir(cfg)
     check_model_path(cfg)
     ckpt_path = resolve_ckpt_path(cfg, out)
@@ -474,6 +475,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items():
                 metrics[k] = float(v)
         if cfg.get("heldout") and trainer.is_global_zero:  # accuracy on the toy world's held-out questions, KL
+            from zephyr.eval.heldout import run_heldout
+
             metrics.update(run_heldout(cfg, module.model, tokenizer, lambda: build(cfg.model).eval(), out))
         metrics["global_step"] = float(trainer.global_step)
         metrics["runtime_s"] = time.perf_counter() - started

@@ -31,7 +31,7 @@ wrong: True adds 1).
 
 Scoring needs two target maps, because the prompt's last position predicts both ``chosen[0]`` and
 ``rejected[0]``: ``chosen_targets[b, t]`` is the chosen token predicted by the hidden state at ``t`` (else
-``-100``), likewise ``rejected_targets`` (see :func:`zephyr.objectives.prefix_share.prefix_shared_logps`).
+``-100``), likewise ``rejected_targets`` (see :func:`zephyr.objectives.logprobs.prefix_shared_logps`).
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ from zephyr.objectives.logprobs import (
     completion_logits_sum,
     completion_logps,
     logit_softcap,
+    prefix_shared_logps,
     token_logps_from_hidden,
     token_stats_from_logits,
 )
-from zephyr.objectives.prefix_share import prefix_shared_logps
 from zephyr.objectives.weighting import ld_dpo_logps
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def pair_logps(
     * prefix-shared (:func:`zephyr.data.collate.collate_pairs_shared`, recognised by
       ``chosen_targets``): ``input_ids``, ``position_ids``, ``chosen_targets``, ``rejected_targets``
       ``(B, T)`` and a ``(B, 1, T, T)`` boolean ``attention_mask``; scored by
-      :func:`zephyr.objectives.prefix_share.prefix_shared_logps` (log-probs equal to the concatenated layout's
+      :func:`zephyr.objectives.logprobs.prefix_shared_logps` (log-probs equal to the concatenated layout's
       within 1e-5). Needs an attention kernel that takes a 4-D mask (sdpa, eager; not FlashAttention-2).
 
     Args:
