@@ -38,8 +38,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-# the held-out evaluation lives in zephyr.eval.heldout (a training run's `heldout` block uses it too)
 from zephyr.conf import compose, dotlist_layers, merge_layers
+
+# the held-out evaluation lives in zephyr.eval.heldout (a training run's `heldout` block uses it too)
 from zephyr.eval.heldout import evaluate, heldout_tasks, world_families
 
 log = logging.getLogger(__name__)
