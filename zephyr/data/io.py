@@ -132,7 +132,7 @@ def read_local_numbered(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     raise DataError(f"{p}: unsupported file type {suffix!r} (use one of {', '.join(LOCAL_SUFFIXES)})")
 
 
-def _load_hub(name: str, split: str, revision: str | None, limit: int | None) -> list[dict[str, Any]]:
+def load_hub(name: str, split: str, revision: str | None, limit: int | None) -> list[dict[str, Any]]:
     """``datasets.load_dataset(name, split=...)``; a dataset that cannot be reached is one :class:`DataError`."""
     from datasets import load_dataset
 
@@ -179,7 +179,7 @@ def load_numbered_rows(
         source, numbered = str(Path(path).expanduser()), read_local_numbered(path)
     elif name:
         source = f"{name}[{split}]"
-        numbered = list(enumerate(_load_hub(name, split, revision, limit), 1))
+        numbered = list(enumerate(load_hub(name, split, revision, limit), 1))
     elif builtin is not None:
         source, numbered = "builtin", list(enumerate(builtin(), 1))
     else:

@@ -79,10 +79,12 @@ def load_prompts(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Prompts to collect feedback on, as ``{prompt_id, instruction, source, correct_answers, incorrect_answers}``.
 
     ``spec.source``: ``toy_tasks`` (``n``, ``seed``, ``split``, ``families``) draws toy-world questions;
-    ``jsonl`` (``path``, ``field`` default ``prompt``, ``n`` optional) reads a file, e.g. ultrachat_200k rows.
+    ``jsonl`` (``path``, ``field`` default ``prompt``, ``n`` optional) reads a file, e.g. ultrachat_200k rows;
+    ``hub`` (``name``, ``split`` default ``train``, ``revision``, ``field``, ``n``) loads a Hugging Face dataset
+    by name (``datasets.load_dataset``), e.g. ``HuggingFaceH4/ultrafeedback_binarized`` split ``train_prefs``.
 
     Raises:
-        ValueError: unknown source, or a file row without the field.
+        ValueError: unknown source, or a row without the field (or with an empty one), naming file/dataset and row.
     """
     source = spec.get("source", "toy_tasks")
     if source == "toy_tasks":
@@ -115,29 +117,47 @@ def load_prompts(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
         path = spec.get("path")
         if not path:
             raise ValueError("prompts: source 'jsonl' needs a path")
-        key = spec.get("field", "prompt")
-        rows, seen = [], set()
-        for i, r in enumerate(read_jsonl(path), start=1):
-            if key not in r:
-                raise ValueError(f"{path}:{i}: no field {key!r}")
-            text = r[key]
-            pid = r.get("prompt_id") or prompt_id_of(text)
-            if pid in seen:
-                continue
-            seen.add(pid)
-            rows.append(
-                {
-                    "prompt_id": pid,
-                    "instruction": text,
-                    "source": r.get("source", Path(path).stem),
-                    "correct_answers": list(r.get("correct_answers") or ["None"]),
-                    "incorrect_answers": list(r.get("incorrect_answers") or ["None"]),
-                }
-            )
-            if spec.get("n") and len(rows) >= int(spec["n"]):
-                break
-        return rows
-    raise ValueError(f"prompts: unknown source {source!r} (toy_tasks | jsonl)")
+        return _prompt_rows(enumerate(read_jsonl(path), start=1), spec, str(path), Path(path).stem)
+    if source == "hub":
+        from zephyr.data.io import load_hub
+
+        name = spec.get("name")
+        if not name:
+            raise ValueError("prompts: source 'hub' needs a dataset name (e.g. HuggingFaceH4/ultrafeedback_binarized)")
+        split = str(spec.get("split", "train"))
+        rows = load_hub(str(name), split, spec.get("revision"), None)
+        return _prompt_rows(enumerate(rows, start=1), spec, f"dataset {name!r} (split {split!r})", str(name))
+    raise ValueError(f"prompts: unknown source {source!r} (toy_tasks | jsonl | hub)")
+
+
+def _prompt_rows(numbered, spec: Mapping[str, Any], where: str, default_source: str) -> list[dict[str, Any]]:
+    """Prompt rows from ``(row number, row)`` pairs: the text in ``spec.field`` (default ``prompt``), each
+    ``prompt_id`` once (the row's own, else a hash of the text), at most ``spec.n`` rows.
+    """
+    key = spec.get("field", "prompt")
+    rows, seen = [], set()
+    for i, r in numbered:
+        if key not in r:
+            raise ValueError(f"{where}:{i}: no field {key!r}")
+        text = r[key]
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{where}:{i}: field {key!r} is not a non-empty string")
+        pid = r.get("prompt_id") or prompt_id_of(text)
+        if pid in seen:
+            continue
+        seen.add(pid)
+        rows.append(
+            {
+                "prompt_id": pid,
+                "instruction": text,
+                "source": r.get("source") or default_source,
+                "correct_answers": list(r.get("correct_answers") or ["None"]),
+                "incorrect_answers": list(r.get("incorrect_answers") or ["None"]),
+            }
+        )
+        if spec.get("n") and len(rows) >= int(spec["n"]):
+            break
+    return rows
 
 
 def sample_models(prompt_id: str, names: Sequence[str], k: int | None, seed: int) -> list[str]:
@@ -279,6 +299,7 @@ def collect_feedback(
             progress=cfg.progress,
         )
         completions = {k: v for k, v in cstore.items()}
+        t1 = time.perf_counter()
         completion_failures = sorted(f"{k[0]}/{k[1]}" for k in cstore.failures)
     with ResultStore(out / "judgements.jsonl", redact=redact, fsync_interval=cfg.fsync_interval) as jstore:
         if jstore.torn_lines:
@@ -329,8 +350,20 @@ def collect_feedback(
     summary = {
         "prompts": len(prompts),
         "pool": names,
-        "completions": {"done_now": s1.done, "skipped": s1.skipped, "failed_now": s1.failed, "tokens": s1.tokens},
-        "judging": {"done_now": s2.done, "skipped": s2.skipped, "failed_now": s2.failed, "tokens": s2.tokens},
+        "completions": {
+            "done_now": s1.done,
+            "skipped": s1.skipped,
+            "failed_now": s1.failed,
+            "tokens": s1.tokens,
+            "seconds": round(t1 - t0, 3),
+        },
+        "judging": {
+            "done_now": s2.done,
+            "skipped": s2.skipped,
+            "failed_now": s2.failed,
+            "tokens": s2.tokens,
+            "seconds": round(seconds - (t1 - t0), 3),
+        },
         "judged_prompts": len(rows),
         "blocked_by_missing_completions": blocked,
         "failed_prompts": sorted(k[0] for k in failures),
