@@ -411,6 +411,9 @@ class Reference:
         model: builds the reference copy (a model config with ``_target_``, or a callable).
         model_path: ``model.path``: a local checkpoint (fingerprinted by its files), a hub name (by name and
             revision), or ``None`` (random init: the policy's base state dict).
+        path: the reference checkpoint when it is not the policy's start (``model_path``): the copy is ``model``
+            with this ``path`` (and no revision), and the cache key fingerprints it. Iterative DPO's
+            ``reference=sft``; TRL's ``ref_model`` other than the policy.
         model_revision: ``model.revision`` (hub checkpoints).
         precision: the trainer precision (bf16 log-probs differ from fp32 ones).
         dtype: the reference weights' dtype.
@@ -435,6 +438,7 @@ class Reference:
         model: Mapping[str, Any] | Callable[[], torch.nn.Module] | None = None,
         model_path: str | None = None,
         model_revision: str | None = None,
+        path: str | os.PathLike | None = None,
         precision: str = "32-true",
         dtype: str = "float32",
         root_dir: str | os.PathLike = ".",
@@ -453,13 +457,22 @@ class Reference:
         self.sync_steps: list[int] = []  # optimizer steps after which the reference was synced (this process)
         self.synced_step = 0  # the last one, restored on resume
         self._pending_state: dict[str, Any] | None = None  # a checkpoint's reference, applied once the copy exists
+        if path is not None:
+            if model is None or callable(model):
+                raise ValueError("objective.reference.path needs a model config (objective.reference.model) to load")
+            from omegaconf import DictConfig, OmegaConf
+
+            plain = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
+            model = {**plain, "path": str(path), "revision": None}
+            model_path, model_revision = str(path), None
         self.policy, self.model_cfg = policy, model
         self.forward_opts = {"average": bool(average), "chunked": chunked, "chunk_size": int(chunk_size)}
         if ld_alpha is not None:  # LD-DPO: the reference sums its log-probs as the policy does
             self.forward_opts["ld_alpha"] = float(ld_alpha)
         self.cache_dir, self.batch_size = cache_dir, int(batch_size)
         self.precision, self.dtype, self.root = str(precision), str(dtype), Path(str(root_dir)) / "runs" / "cache"
-        self.adapters_off = hasattr(policy, "disable_adapter")
+        # a PEFT policy with adapters off is its base (model.path); another reference checkpoint is its own copy
+        self.adapters_off = hasattr(policy, "disable_adapter") and path is None
         if model_path and Path(str(model_path)).expanduser().is_dir():
             self.weights = checkpoint_fingerprint(model_path, memo_dir=self.root)
         elif model_path:

@@ -74,3 +74,27 @@ def test_bad_mode_from_the_command_line_is_one_line(cfg_of):
 
     with pytest.raises(ConfigError, match=r"objective.reference.mode='lazy' must be one of \('cache', 'live'\)"):
         build(cfg_of("objective.reference.mode=lazy").objective, model=tiny_model())
+
+
+def test_reference_path_loads_the_run_model_config_from_another_checkpoint(cfg_of, tmp_path):
+    """``objective.reference.path``: the reference is ``${model}`` loaded from that checkpoint (dtype and the rest
+    kept), fingerprinted in the cache key, and a LoRA policy gets its own copy instead of its adapters-off base."""
+    import torch
+
+    from zephyr.models.adapters import apply_adapter
+
+    start = export_tiny(tmp_path / "round_1" / "model", seed=1)
+    sft = export_tiny(tmp_path / "dsft" / "model", seed=2)
+    cfg = cfg_of(f"model.path={start}", f"objective.reference.path={sft}", "model.dtype=bfloat16")
+    ref = build(cfg.objective, model=tiny_model()).reference
+    assert ref.weights == checkpoint_fingerprint(sft) != checkpoint_fingerprint(start)
+    assert ref.model_cfg["path"] == str(sft) and ref.model_cfg["dtype"] == "bfloat16"
+    assert ref.model_cfg["_target_"] == cfg.model._target_ and ref.model_cfg["revision"] is None
+    frozen = ref._frozen("cpu").model
+    want = Reference(policy=tiny_model(), model=dict(cfg.model, path=str(sft)))._frozen("cpu").model
+    assert all(torch.equal(a, b) for a, b in zip(frozen.state_dict().values(), want.state_dict().values()))
+    peft = apply_adapter(tiny_model(), {"name": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "target_modules": None})
+    assert build(cfg.objective, model=peft).reference.adapters_off is False
+    assert build(cfg_of(f"model.path={start}").objective, model=peft).reference.adapters_off is True
+    with pytest.raises(ValueError, match="objective.reference.path needs a model config"):
+        Reference(policy=tiny_model(), path=sft)
