@@ -17,6 +17,16 @@ The demo's world, settings and evaluation (:mod:`zephyr.demo`), with the feedbac
 Each folder keeps ``stages.json``; a rerun of the same command reuses finished stages (and finished feedback rows
 inside an interrupted feedback stage). ``<out>/report.json`` holds ``rounds``, ``accuracy``, ``heldout_n``,
 ``seed``; ``report.md`` and ``accuracy.png`` are drawn from it.
+
+Real data (``iterate.start`` set; the example is ``conf/iterate/ultrafeedback.yaml``): the toy stages are skipped
+and the loop starts from the ``start`` model. Round ``r`` takes the ``r``-th slice (``fresh``) or the first slice
+(``same``) of a seeded shuffle of ``iterate.prompt_source`` (a :func:`zephyr.feedback.complete.load_prompts` spec:
+``jsonl`` or ``hub``), the pool and judge come from the ``iterate.feedback`` file (filtered by ``iterate.pool``;
+its ``dsft`` member is the policy), and the ``eval`` stage becomes ``win_rate``: the round's export against the
+start model on ``iterate.win_rate.prompts``, judged pairwise in both orders (:mod:`zephyr.eval.win_rate`), per
+prompt source in ``per_family``. The start model answers those prompts once (``<out>/start/answers.jsonl``). The
+report then has ``metric: "win_rate"``, a ``win_rate`` block shaped like ``accuracy`` (``dsft`` = 0.5, the start
+model against itself) and ``accuracy`` entries of ``None``.
 """
 
 from __future__ import annotations
@@ -35,10 +45,12 @@ from zephyr.conf import compose, dotlist_layers, file_layer, merge_layers
 from zephyr.demo import QUIET_TRAINING, SIZES, Stages
 
 ROUND_STAGES = ("sampling", "judging", "binarize", "ddpo", "eval")
+REAL_ROUND_STAGES = ("sampling", "judging", "binarize", "ddpo", "win_rate")
 PROMPTS = ("fresh", "same")
 REFERENCES = ("previous", "sft")
 BACKENDS = ("local", "openai", "vllm")
 REPORT_KEYS = ("rounds", "accuracy", "heldout_n", "seed")
+REAL_EXAMPLE = "conf/iterate/ultrafeedback.yaml"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,9 +91,30 @@ def check_settings(cfg: DictConfig) -> None:
             raise ValueError(f"iterate.{key} must be one of {'|'.join(allowed)}, got {value!r}")
     if not isinstance(it.rounds, int) or it.rounds < 1:
         raise ValueError(f"iterate.rounds must be an integer >= 1, got {it.rounds!r}")
+    if is_real(cfg):
+        for key in ("prompt_source", "feedback"):
+            if it.get(key) is None:
+                raise ValueError(f"iterate.start is set (real data): set iterate.{key} too (see {REAL_EXAMPLE})")
+        for key, spec in (("prompt_source", it.prompt_source), ("win_rate.prompts", it.win_rate.prompts)):
+            if spec is not None and not (isinstance(spec.get("n"), int) and spec.n >= 1):
+                raise ValueError(f"iterate.{key}.n: prompts per round (or held-out prompts), an integer >= 1")
+        if it.generation.backend == "local" and not (Path(str(it.start)) / "config.json").is_file():
+            raise ValueError(f"iterate.start={it.start}: generation.backend=local loads a local model folder (with "
+                             "config.json); download it first or use backend=vllm|openai")  # fmt: skip
+        if not Path(str(it.feedback)).is_file():
+            raise FileNotFoundError(f"iterate.feedback: feedback config file not found: {it.feedback}")
+        if it.pool is not None and "dsft" not in it.pool:
+            raise ValueError(f"iterate.pool: name the policy member 'dsft' (answered by the round r-1 policy), got "
+                             f"{list(it.pool)}")  # fmt: skip
+        return
     pool = list(it.pool if it.pool is not None else cfg.feedback.pool)
     if "dsft" not in pool:
         raise ValueError(f"iterate.pool: name the policy member 'dsft' (answered by the round r-1 policy), got {pool}")
+
+
+def is_real(cfg: DictConfig) -> bool:
+    """Real data: ``iterate.start`` names the dSFT model, so the toy world's stages are skipped."""
+    return cfg.iterate.get("start") is not None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,12 +126,43 @@ def prompt_seed(seed: int, round_: int, mode: str) -> int:
 
 
 def round_prompts(settings: DictConfig, seed: int, round_: int) -> list[dict[str, Any]]:
-    """Round ``round_``'s ``feedback.prompts`` train questions (``iterate.prompts`` = fresh | same)."""
+    """Round ``round_``'s prompts (``iterate.prompts`` = fresh | same): ``feedback.prompts`` toy train questions,
+    or with real data :func:`source_slice` of ``iterate.prompt_source``.
+    """
     from zephyr.demo import world_families
     from zephyr.feedback.complete import load_prompts
 
+    if is_real(settings):
+        it = settings.iterate
+        return source_slice(OmegaConf.to_container(it.prompt_source, resolve=True), seed, round_, str(it.prompts),
+                            int(it.rounds))  # fmt: skip
     spec = {"source": "toy_tasks", "n": int(settings.feedback.prompts), "families": world_families(settings)}
     return load_prompts({**spec, "seed": prompt_seed(seed, round_, str(settings.iterate.prompts))})
+
+
+def source_slice(spec: dict[str, Any], seed: int, round_: int, mode: str, rounds: int) -> list[dict[str, Any]]:
+    """Round ``round_``'s ``spec["n"]`` prompts of a prompt source: the whole source shuffled with ``seed``, then
+    slice ``round_ - 1`` (``fresh``: no prompt seen twice over the ``rounds``) or slice 0 (``same``).
+
+    Raises:
+        ValueError: the source holds fewer prompts than ``rounds`` fresh slices need (one line, with the counts).
+    """
+    import random
+
+    from zephyr.feedback.complete import load_prompts
+
+    n = int(spec["n"])
+    rows = load_prompts({**spec, "n": None})
+    need = n * rounds if mode == "fresh" else n
+    if len(rows) < need:
+        where = spec.get("path") or spec.get("name")
+        raise ValueError(
+            f"iterate.prompt_source ({where}): {len(rows)} distinct prompts, {mode} prompts over {rounds} round(s) of "
+            f"n={n} need {need}"
+        )
+    random.Random(seed).shuffle(rows)
+    k = round_ - 1 if mode == "fresh" else 0
+    return rows[k * n : (k + 1) * n]
 
 
 def union_prompts(rounds: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -183,6 +247,100 @@ def policy_backend(settings: DictConfig, model_dir: Path, name: str):
     return VLLMBackend(model_dir, name, gpu_memory_utilization=float(gen.gpu_memory_utilization))
 
 
+def member_name(spec: Any) -> str | None:
+    """A pool member's name as its backend will record it, read from its spec without building it."""
+    if not isinstance(spec, dict):
+        return None
+    if spec.get("name"):
+        return str(spec["name"])
+    if spec.get("model"):
+        return str(spec["model"])
+    return Path(str(spec["path"])).name if spec.get("path") else None
+
+
+def real_feedback(
+    settings: DictConfig, rdir: Path, seed: int, prompts: list[dict[str, Any]], policy, console
+) -> dict[str, float]:
+    """Real data: completions from the ``iterate.feedback`` file's pool (the members ``iterate.pool`` names, the
+    ``dsft`` one answered by ``policy``) judged by its judge -> ``rdir/feedback``; seconds of the two stages.
+
+    Raises:
+        ValueError: ``iterate.pool`` names a member the file's pool does not have.
+        RuntimeError: no prompt was judged.
+    """
+    from zephyr.feedback.backends import build_backend, build_pool
+    from zephyr.feedback.complete import FeedbackConfig, collect_feedback
+    from zephyr.feedback.config import load_config
+
+    fcfg = load_config(str(settings.iterate.feedback), [f"seed={seed}"])
+    specs = OmegaConf.to_container(fcfg.pool, resolve=True)
+    wanted = None if settings.iterate.pool is None else [x for x in settings.iterate.pool if x != "dsft"]
+    if wanted is not None and isinstance(specs, list):  # not built: a member left out may be unreachable here
+        known = [member_name(x) for x in specs]
+        missing = [x for x in wanted if x not in known]
+        if missing:
+            raise ValueError(f"iterate.pool: {missing} not in the pool of {settings.iterate.feedback} ({known})")
+        specs = [x for x in specs if member_name(x) in wanted]
+    members = build_pool(specs) if specs else []
+    if wanted is not None:
+        members = [m for m in members if m.name in wanted]
+    pool = [*(m for m in members if m.name != policy.name), policy]
+    judge = build_backend(OmegaConf.to_container(fcfg.judge, resolve=True))
+    summary = collect_feedback(prompts, pool, judge, rdir / "feedback", FeedbackConfig.from_config(fcfg))
+    if summary["judged_prompts"] == 0:
+        raise RuntimeError(f"{rdir / 'feedback'}: no prompt was judged ({summary['example_errors']})")
+    console.print(
+        f"{summary['judged_prompts']}/{len(prompts)} prompts judged, pool {[m.name for m in pool]}"
+        + (f"; failed: {len(summary['failed_prompts'])} prompts (rerun to retry)" if summary["failed_prompts"] else "")
+    )
+    return {"sampling": summary["completions"]["seconds"], "judging": summary["judging"]["seconds"]}
+
+
+def win_rate_questions(settings: DictConfig) -> list[dict[str, Any]]:
+    """The held-out prompts of ``iterate.win_rate`` as single-turn MT-Bench questions; a prompt with a known
+    answer (``correct_answers``) is judged against it (``pair-math-v1``, the reference-guided template).
+    """
+    from zephyr.feedback.complete import load_prompts
+
+    spec = settings.iterate.win_rate.prompts
+    if spec is None:
+        return []
+    out = []
+    for p in load_prompts(OmegaConf.to_container(spec, resolve=True)):
+        ref = next((a for a in p["correct_answers"] if a and a != "None"), None)
+        out.append({"question_id": p["prompt_id"], "category": "math" if ref else "general",
+                    "turns": [p["instruction"]], "reference": [ref or ""], "source": p["source"]})  # fmt: skip
+    return out
+
+
+def answer_set(settings: DictConfig, model: str | Path, name: str, questions, path: Path) -> dict[str, dict]:
+    """``model``'s answers to ``questions`` (appended to ``path``, resumed from it), as ``win_rate`` reads them."""
+    from zephyr.eval.mt_bench import generate_answers
+    from zephyr.eval.win_rate import load_answer_set
+
+    done = load_answer_set(path, questions) if path.is_file() else {}
+    if any(str(q["question_id"]) not in done for q in questions):  # else the model is not even loaded
+        backend = policy_backend(settings, Path(model), name)
+        generate_answers(questions, backend, path, max_tokens=int(settings.iterate.win_rate.max_tokens), progress=False)
+    return load_answer_set(path, questions)
+
+
+def round_win_rate(settings: DictConfig, rdir: Path, export: Path, name: str, questions, baseline, judge):
+    """The round's policy against the start model on the held-out prompts, both orders; per prompt ``source``."""
+    from zephyr.eval.win_rate import win_rate
+    from zephyr.feedback.store import read_jsonl
+
+    answers = answer_set(settings, export, name, questions, rdir / "win_rate" / "answers.jsonl")
+    judgments = rdir / "win_rate" / "judgments.jsonl"
+    result = win_rate(answers, baseline, judge, name_a=name, name_b="dsft", out_path=judgments)
+    source = {q["question_id"]: q["source"] for q in questions}
+    by: dict[str, list[float]] = {}
+    for r in read_jsonl(judgments):
+        if r["preference"] is not None:
+            by.setdefault(source[r["id"]], []).append(r["preference"])
+    return {**result, "by_source": {k: sum(v) / len(v) for k, v in sorted(by.items())}}
+
+
 def train_overrides(settings: DictConfig, out: Path, seed: int, round_: int) -> list[str]:
     """Overrides every training run of the loop gets: the demo's, ``+iterate.round`` and W&B when enabled."""
     quiet = [o for o in QUIET_TRAINING if not (settings.iterate.wandb and o == "logger=none")]
@@ -217,15 +375,20 @@ def ddpo_overrides(settings: DictConfig, steps: int | None = None) -> list[str]:
     return [*keep, f"trainer.max_steps={steps}", "trainer.max_epochs=-1"]
 
 
+def round_dpo_overrides(
+    settings: DictConfig, rdir: Path, common: list[str], start: Path, reference: Path | None, steps: int | None
+) -> list[str]:
+    """The ``train`` overrides of a round's DPO run: its pairs, the ``ddpo`` list, the start policy and reference."""
+    return [*common, "objective=dpo", "data=local_prefs", f"data.path={rdir / 'pairs.jsonl'}",
+            *ddpo_overrides(settings, steps), f"model.path={start}",
+            *reference_overrides(reference, rdir / "ref_cache"),
+            f"paths.output_dir={rdir / 'ddpo'}", f"task_name={rdir.name}_ddpo"]  # fmt: skip
+
+
 def reference_overrides(reference: Path | None, cache_dir: Path) -> list[str]:
     """``objective.reference`` overrides: the per-round cache folder, and a reference other than the start model."""
     over = [f"objective.reference.cache_dir={cache_dir}"]
-    if reference is not None:
-        over += [
-            f"objective.reference.model_path={reference}",
-            f"objective.reference.model={{_target_:zephyr.models.mistral.build_model,path:{reference}}}",
-        ]
-    return over
+    return [*over, f"objective.reference.path={reference}"] if reference is not None else over
 
 
 def evaluate_dir(settings: DictConfig, model_dir: Path, tasks, tokenizer) -> dict[str, Any]:
@@ -286,9 +449,13 @@ def run_round(
         clock: dict[str, float] = {}
         if settings.iterate.pool is not None:
             settings = OmegaConf.merge(settings, {"feedback": {"pool": list(settings.iterate.pool)}})
-        with stage("feedback", f"round {round_}: pool completions ({start_name} = policy) + verifier judging"):
+        judge = "the feedback judge" if is_real(settings) else "verifier judging"
+        with stage("feedback", f"round {round_}: pool completions ({start_name} = policy) + {judge}"):
             policy = policy_backend(settings, start, start_name)
-            _feedback(settings, rdir, seed, start, clock, console, prompts=prompts, policy=policy)
+            if is_real(settings):
+                clock.update(real_feedback(settings, rdir, seed, prompts, policy, console))
+            else:
+                _feedback(settings, rdir, seed, start, clock, console, prompts=prompts, policy=policy)
         total = stage.seconds.pop("feedback")
         judging = min(clock.get("judging", 0.0), total)
         stage.seconds["sampling"], stage.seconds["judging"] = round(total - judging, 2), round(judging, 2)
@@ -314,29 +481,57 @@ def run_round(
         ref = "the dSFT model" if reference is not None else "the start policy"
         with stage("ddpo", f"round {round_}: DPO (+ NLL on chosen) from {start_name}, reference {ref}"):
             with wandb_run(settings, group, f"{rdir.name}-ddpo"):
-                _train([*common, "objective=dpo", "data=local_prefs", f"data.path={pairs_path}",
-                        *ddpo_overrides(settings, steps), f"model.path={start}",
-                        *reference_overrides(reference, rdir / "ref_cache"),
-                        f"paths.output_dir={rdir / 'ddpo'}", f"task_name={rdir.name}_ddpo"])  # fmt: skip
+                _train(round_dpo_overrides(settings, rdir, common, start, reference, steps))
     metrics = json.loads((rdir / "ddpo" / "metrics.json").read_text())
 
-    result_path = rdir / "eval.json"
-    if not stage.reuse("eval", result_path):
-        tasks, tokenizer = evaluation
-        with stage("eval", f"greedy answers to {len(tasks)} held-out questions"):
-            result = evaluate_dir(settings, export, tasks, tokenizer)
-            result_path.write_text(json.dumps(result, indent=2) + "\n")
-    result = json.loads(result_path.read_text())
-    console.print(f"round {round_} ({rdir.name}): held-out accuracy {result['accuracy']:.3f}")
+    name = f"round{round_}" if rdir.name.startswith("round_") else rdir.name
+    if is_real(settings):
+        scores = real_eval(settings, rdir, stage, export, name, evaluation, console)
+    else:
+        result_path = rdir / "eval.json"
+        if not stage.reuse("eval", result_path):
+            tasks, tokenizer = evaluation
+            with stage("eval", f"greedy answers to {len(tasks)} held-out questions"):
+                result = evaluate_dir(settings, export, tasks, tokenizer)
+                result_path.write_text(json.dumps(result, indent=2) + "\n")
+        result = json.loads(result_path.read_text())
+        console.print(f"round {round_} ({rdir.name}): held-out accuracy {result['accuracy']:.3f}")
+        scores = {
+            "accuracy": round(result["accuracy"], 4),
+            "per_family": {k: round(v, 4) for k, v in result["by_family"].items()},
+        }
+    names = REAL_ROUND_STAGES if is_real(settings) else ROUND_STAGES
     return {
         "round": round_,
-        "accuracy": round(result["accuracy"], 4),
-        "per_family": {k: round(v, 4) for k, v in result["by_family"].items()},
+        **scores,
         "pairs": int(brep["pairs"]),
-        "stages": {k: stage.seconds[k] for k in ROUND_STAGES},
+        "stages": {k: stage.seconds.get(k, 0.0) for k in names},
         "dpo_steps": int(metrics.get("global_step", 0)),
         "chosen_models": brep.get("chosen_models"),
         "export": str(export),
+    }
+
+
+def real_eval(settings: DictConfig, rdir: Path, stage: Stages, export: Path, name: str, evaluation, console):
+    """Real data: the ``win_rate`` stage of a round (``evaluation`` = (questions, start answers, judge) or
+    ``None`` without held-out prompts); the round's ``accuracy`` (``None``), ``win_rate``, ``lc_win_rate`` and
+    ``per_family`` (win rate per prompt ``source``).
+    """
+    if evaluation is None:
+        return {"accuracy": None, "win_rate": None, "lc_win_rate": None, "per_family": {}}
+    questions, baseline, judge = evaluation
+    path = rdir / "win_rate.json"
+    if not stage.reuse("win_rate", path):
+        with stage("win_rate", f"{name} vs the start model on {len(questions)} held-out prompts, both orders"):
+            path.write_text(json.dumps(round_win_rate(settings, rdir, export, name, questions, baseline, judge),
+                                       indent=2) + "\n")  # fmt: skip
+    res = json.loads(path.read_text())
+    console.print(f"{name}: win rate vs the start model {res['win_rate']}, length-controlled {res['lc_win_rate']}")
+    return {
+        "accuracy": None,
+        "win_rate": res["win_rate"],
+        "lc_win_rate": res["lc_win_rate"],
+        "per_family": {k: round(v, 4) for k, v in res["by_source"].items()},
     }
 
 
@@ -393,15 +588,20 @@ def run_iterate(
     (root / "settings.yaml").write_text(OmegaConf.to_yaml(settings))
 
     stage = Stages(console, root / "stages.json")
-    common0 = train_overrides(settings, root, seed, 0)
-    with wandb_run(settings, group, "dsft"):
-        _, dsft_model, _ = dsft_stages(settings, root, seed, stage, common0, console)
-    tasks, tokenizer = heldout_tasks(settings), load_tokenizer()
-    dsft_eval = root / "dsft" / "eval.json"
-    if not stage.reuse("eval_dsft", dsft_eval):
-        with stage("eval_dsft", f"the dSFT model on {len(tasks)} held-out questions"):
-            dsft_eval.write_text(json.dumps(evaluate_dir(settings, dsft_model, tasks, tokenizer), indent=2) + "\n")
-    dsft_acc = json.loads(dsft_eval.read_text())["accuracy"]
+    if is_real(settings):
+        dsft_model, evaluation = real_start(settings, root, stage, console)
+        dsft_acc, heldout_n = None, len(evaluation[0]) if evaluation else 0
+    else:
+        common0 = train_overrides(settings, root, seed, 0)
+        with wandb_run(settings, group, "dsft"):
+            _, dsft_model, _ = dsft_stages(settings, root, seed, stage, common0, console)
+        tasks, tokenizer = heldout_tasks(settings), load_tokenizer()
+        dsft_eval = root / "dsft" / "eval.json"
+        if not stage.reuse("eval_dsft", dsft_eval):
+            with stage("eval_dsft", f"the dSFT model on {len(tasks)} held-out questions"):
+                result = evaluate_dir(settings, dsft_model, tasks, tokenizer)
+                dsft_eval.write_text(json.dumps(result, indent=2) + "\n")
+        dsft_acc, evaluation, heldout_n = json.loads(dsft_eval.read_text())["accuracy"], (tasks, tokenizer), len(tasks)
 
     results, all_prompts = [], []
     start, start_name = dsft_model, "dsft"
@@ -413,7 +613,7 @@ def run_iterate(
         res = run_round(
             settings, root / f"round_{r}", seed=seed, round_=r, prompts=ps, start=start, start_name=start_name,
             reference=ref, common=train_overrides(settings, root, seed, r), steps=None,
-            evaluation=(tasks, tokenizer), group=group, console=console,
+            evaluation=evaluation, group=group, console=console,
         )  # fmt: skip
         results.append(res)
         start, start_name = Path(res["export"]), f"round{r}"
@@ -424,20 +624,22 @@ def run_iterate(
         matched = run_round(
             settings, root / "compute_matched", seed=seed, round_=1, prompts=union_prompts(all_prompts),
             start=dsft_model, start_name="dsft", reference=None, common=train_overrides(settings, root, seed, -1),
-            steps=sum(x["dpo_steps"] for x in results), evaluation=(tasks, tokenizer), group=group, console=console,
+            steps=sum(x["dpo_steps"] for x in results), evaluation=evaluation, group=group, console=console,
         )  # fmt: skip
 
-    report = {
-        "rounds": [{k: x[k] for k in ("round", "accuracy", "per_family", "pairs", "stages")} for x in results],
-        "accuracy": {
-            "dsft": round(dsft_acc, 4),
-            "single_round": results[0]["accuracy"],
-            "single_round_compute_matched": matched["accuracy"] if matched else None,
-            "final": results[-1]["accuracy"],
-        },
-        "heldout_n": len(tasks),
-        "seed": seed,
-    }
+    real = is_real(settings)
+    keys = ["accuracy", "win_rate", "lc_win_rate"] if real else ["accuracy"]
+    report: dict[str, Any] = {"rounds": [{k: x[k] for k in ("round", *keys, "per_family", "pairs", "stages")}
+                                         for x in results]}  # fmt: skip
+    for key, start_score in (("accuracy", None if dsft_acc is None else round(dsft_acc, 4)), ("win_rate", 0.5)):
+        if key in keys:
+            report[key] = {
+                "dsft": start_score,
+                "single_round": results[0][key],
+                "single_round_compute_matched": matched[key] if matched else None,
+                "final": results[-1][key],
+            }
+    report.update(heldout_n=heldout_n, seed=seed, **({"metric": "win_rate"} if real else {}))
     (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     details = {"settings": OmegaConf.to_container(settings, resolve=True), "rounds": results, "matched": matched}
     (root / "details.json").write_text(json.dumps(details, indent=2, default=str) + "\n")
@@ -447,22 +649,56 @@ def run_iterate(
     return report
 
 
+def real_start(settings: DictConfig, root: Path, stage: Stages, console):
+    """Real data: the start model (``iterate.start``: a local folder, made absolute, or a hub name) and the
+    win-rate evaluation ``(questions, the start model's answers, judge)`` (``None`` without held-out prompts).
+    """
+    from zephyr.feedback.backends import build_backend
+    from zephyr.feedback.config import load_config
+
+    start = str(settings.iterate.start)
+    dsft_model = Path(start).resolve() if Path(start).exists() else Path(start)
+    questions = win_rate_questions(settings)
+    if not questions:
+        return dsft_model, None
+    spec = settings.iterate.win_rate.judge or load_config(str(settings.iterate.feedback)).judge
+    judge = build_backend(OmegaConf.to_container(spec, resolve=True))
+    path = root / "start" / "answers.jsonl"
+    if not stage.reuse("answers_start", path):
+        with stage("answers_start", f"the start model answers {len(questions)} held-out prompts"):
+            answer_set(settings, dsft_model, "dsft", questions, path)
+    return dsft_model, (questions, answer_set(settings, dsft_model, "dsft", questions, path), judge)
+
+
 # --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def write_report(root: Path, report: dict[str, Any], details: dict[str, Any]) -> list[Path]:
-    """``report.md`` (per-round table, families, chosen models, stage seconds) and ``accuracy.png``."""
+    """``report.md`` (per-round table, families or prompt sources, chosen models, stage seconds) and
+    ``accuracy.png`` (held-out accuracy, or with real data the win rate against the start model).
+    """
     from matplotlib.figure import Figure
 
-    acc = report["accuracy"]
+    metric = report.get("metric", "accuracy")
+    score = report[metric]
+    label = (
+        f"held-out accuracy (n={report['heldout_n']})"
+        if metric == "accuracy"
+        else f"win rate vs the start model (n={report['heldout_n']})"
+    )
     xs = [x["round"] for x in report["rounds"]]
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    ax.plot([0, *xs], [acc["dsft"], *(x["accuracy"] for x in report["rounds"])], marker="o", label="iterative dDPO")
-    if acc["single_round_compute_matched"] is not None:
-        ax.axhline(acc["single_round_compute_matched"], color="tab:red", ls="--", label="compute-matched 1 round")
+    ys = [score["dsft"], *(x[metric] for x in report["rounds"])]
+    ax.plot([0, *xs], [float("nan") if y is None else y for y in ys], marker="o", label="iterative dDPO")
+    if score["single_round_compute_matched"] is not None:
+        ax.axhline(score["single_round_compute_matched"], color="tab:red", ls="--", label="compute-matched 1 round")
     ax.set_xticks([0, *xs], ["dSFT", *(f"round {x}" for x in xs)])
-    ax.set_ylabel(f"held-out accuracy (n={report['heldout_n']})")
+    ax.set_ylabel(label)
     ax.set_ylim(0, 1)
     ax.legend()
     fig.tight_layout()
@@ -470,23 +706,26 @@ def write_report(root: Path, report: dict[str, Any], details: dict[str, Any]) ->
     fig.savefig(png, dpi=100)
 
     fams = sorted(set().union(*(x["per_family"] for x in report["rounds"])))
+    kind = "accuracy" if metric == "accuracy" else "win rate"
     lines = [
-        f"# Iterative dDPO (seed {report['seed']}, {report['heldout_n']} held-out questions)",
+        f"# Iterative dDPO (seed {report['seed']}, {report['heldout_n']} held-out prompts, {kind})",
         "",
-        "| model | accuracy | pairs | " + " | ".join(fams) + " | chosen from |",
+        f"| model | {kind} | pairs | " + " | ".join(fams) + " | chosen from |",
         "|---|---|---|" + "---|" * len(fams) + "---|",
-        f"| dSFT | {acc['dsft']:.3f} | | " + " | " * len(fams) + " |",
+        f"| dSFT | {_fmt(score['dsft'])} | | " + " | " * len(fams) + " |",
     ]
     rows = list(zip(report["rounds"], details["rounds"]))
     if details.get("matched"):
         rows.append(({**details["matched"], "round": "compute-matched"}, details["matched"]))
     for x, d in rows:
-        cells = " | ".join(f"{x['per_family'].get(f, float('nan')):.3f}" for f in fams)
-        lines.append(f"| round {x['round']} | {x['accuracy']:.3f} | {x['pairs']} | {cells} | {d['chosen_models']} |")
-    lines += ["", "Stage seconds per round:", "", "| round | " + " | ".join(ROUND_STAGES) + " |"]
-    lines.append("|---|" + "---|" * len(ROUND_STAGES))
+        cells = " | ".join(_fmt(x["per_family"].get(f)) for f in fams)
+        label = f"round {x['round']}" if isinstance(x["round"], int) else x["round"]
+        lines.append(f"| {label} | {_fmt(x[metric])} | {x['pairs']} | {cells} | {d['chosen_models']} |")
+    names = list(report["rounds"][0]["stages"])
+    lines += ["", "Stage seconds per round:", "", "| round | " + " | ".join(names) + " |"]
+    lines.append("|---|" + "---|" * len(names))
     for x in report["rounds"]:
-        lines.append(f"| {x['round']} | " + " | ".join(f"{x['stages'][k]:.1f}" for k in ROUND_STAGES) + " |")
+        lines.append(f"| {x['round']} | " + " | ".join(f"{x['stages'][k]:.1f}" for k in names) + " |")
     lines += ["", "![accuracy](accuracy.png)", ""]
     md = root / "report.md"
     md.write_text("\n".join(lines))
@@ -494,16 +733,18 @@ def write_report(root: Path, report: dict[str, Any], details: dict[str, Any]) ->
 
 
 def print_report(report: dict[str, Any], console) -> None:
-    """Per-round accuracy table against dSFT and the compute-matched single round."""
+    """Per-round accuracy (or win rate) table against dSFT and the compute-matched single round."""
     from rich.table import Table
 
-    t = Table(title=f"iterative dDPO, held-out accuracy (n={report['heldout_n']}, seed {report['seed']})")
-    for c in ("model", "accuracy", "pairs", "seconds"):
+    metric = report.get("metric", "accuracy")
+    kind = "held-out accuracy" if metric == "accuracy" else "win rate vs the start model"
+    t = Table(title=f"iterative dDPO, {kind} (n={report['heldout_n']}, seed {report['seed']})")
+    for c in ("model", metric.replace("_", " "), "pairs", "seconds"):
         t.add_column(c, justify="left" if c == "model" else "right")
-    acc = report["accuracy"]
-    t.add_row("dSFT", f"{acc['dsft']:.3f}", "", "")
+    score = report[metric]
+    t.add_row("dSFT", _fmt(score["dsft"]), "", "")
     for x in report["rounds"]:
-        t.add_row(f"round {x['round']}", f"{x['accuracy']:.3f}", str(x["pairs"]), f"{sum(x['stages'].values()):.1f}")
-    if acc["single_round_compute_matched"] is not None:
-        t.add_row("compute-matched 1 round", f"{acc['single_round_compute_matched']:.3f}", "", "")
+        t.add_row(f"round {x['round']}", _fmt(x[metric]), str(x["pairs"]), f"{sum(x['stages'].values()):.1f}")
+    if score["single_round_compute_matched"] is not None:
+        t.add_row("compute-matched 1 round", _fmt(score["single_round_compute_matched"]), "", "")
     console.print(t)

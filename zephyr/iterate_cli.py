@@ -22,8 +22,10 @@ def register(subparsers) -> None:
         help="iterative dDPO: rounds of pool completions (with the current policy) -> judge -> binarize -> DPO",
         description="The demo's toy world: dSFT, then ROUNDS rounds where the previous round's policy joins the "
         "pool, the verifier judges, pairs are binarized and dDPO continues from that policy; plus a compute-matched "
-        "single round. Rerun the same command to resume. Writes OUT/round_<r>/, report.json, report.md, "
-        "accuracy.png.",
+        "single round. Real data: --config conf/iterate/ultrafeedback.yaml (iterate.start = the dSFT model, "
+        "prompts from a hub dataset or a jsonl file, the pool and judge of a feedback config, each round scored by "
+        "its win rate against the start model). Rerun the same command to resume. Writes OUT/round_<r>/, "
+        "report.json, report.md, accuracy.png.",
     )
     p.add_argument("--out", default="runs/iter", help="output folder (default: runs/iter)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default: conf/iterate/toy.yaml's, 3)")

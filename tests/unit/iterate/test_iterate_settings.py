@@ -71,8 +71,7 @@ def test_reference_and_ddpo_overrides(tmp_path):
     s = load_iterate_settings("ci")
     assert reference_overrides(None, tmp_path) == [f"objective.reference.cache_dir={tmp_path}"]
     over = reference_overrides(tmp_path / "dsft", tmp_path / "c")
-    assert f"objective.reference.model_path={tmp_path / 'dsft'}" in over
-    assert any(o.startswith("objective.reference.model={") and str(tmp_path / "dsft") in o for o in over)
+    assert over == [f"objective.reference.cache_dir={tmp_path / 'c'}", f"objective.reference.path={tmp_path / 'dsft'}"]
     fixed = ddpo_overrides(s, 7)
     assert "trainer.max_steps=7" in fixed and "trainer.max_epochs=-1" in fixed
     assert sum(o.startswith("trainer.max_steps=") for o in fixed) == 1
@@ -86,9 +85,8 @@ def test_reference_sft_composes(tmp_path):
         [f"paths.root_dir={tmp_path}", "paths.output_dir=x", "objective=dpo", "model.path=/r/prev",
          *reference_overrides(tmp_path / "sft", tmp_path / "c")]
     )  # fmt: skip
-    assert cfg.model.path == "/r/prev"
-    assert cfg.objective.reference.model_path == str(tmp_path / "sft")
-    assert cfg.objective.reference.model.path == str(tmp_path / "sft")
+    assert cfg.model.path == "/r/prev" and cfg.objective.reference.model.path == "/r/prev"  # ${model}
+    assert cfg.objective.reference.path == str(tmp_path / "sft")  # Reference loads ${model} from this path
     assert cfg.objective.reference.cache_dir == str(tmp_path / "c")
 
 
