@@ -26,13 +26,16 @@ TINY = [
 ]
 
 
-def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+def run(cmd: list[str], timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def train(out: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = run([sys.executable, str(REPO / "train.py"), *TINY, f"paths.output_dir={out}", *overrides])
+def train(
+    out: Path, *overrides: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``train.py`` with :data:`TINY`, writing to ``out``; ``env`` adds environment variables."""
+    proc = run([sys.executable, str(REPO / "train.py"), *TINY, f"paths.output_dir={out}", *overrides], env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc

@@ -254,3 +254,25 @@ def test_memory_estimate_counts_lora_and_a_4bit_base(tmp_path, compose):
     qauto = {r.strategy: r for r in qrows}["auto"]
     base = linear * NF4_BYTES + (full["n_params"] - linear) * 2
     assert qauto.params == pytest.approx(qfacts["trainable_params"] * 4 + base)
+
+
+def test_lora_activations_count_peft_dropout_copies_by_hand(tmp_path, compose):
+    """Each adapted linear keeps its dropout output (fp32 here), the bool mask and the r-wide lora_A output."""
+    from zephyr.scale.memory import estimates_for_config
+
+    d = make_checkpoint("llama", tmp_path / "llama")
+    cfg = json.loads((d / "config.json").read_text())
+    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    r, tokens = 4, 2 * 64  # data.batch_size=2 rows x data.max_length=64 (dSFT: one row per sequence)
+    ins = layers * (h * 6 + inter)  # q/k/v/o/gate/up read h features (o: heads x head_dim = h), down reads I
+    size = [f"model.path={d}", "data.batch_size=2", "data.max_length=64"]
+    full = {x.strategy: x for x in estimates_for_config(compose(*size))[0]}["auto"]
+    for dropout, hand in ((0.05, tokens * (ins * (4 + 1) + layers * 7 * r * 4)), (0.0, tokens * layers * 7 * r * 4)):
+        over = [*size, "adapter=lora", f"adapter.r={r}", f"adapter.dropout={dropout}"]
+        lora = {x.strategy: x for x in estimates_for_config(compose(*over))[0]}["auto"]
+        assert lora.activations - full.activations == hand
+    # gradient checkpointing: only the layer being recomputed holds them
+    ckpt = [*size, "model.gradient_checkpointing=true"]
+    full_gc = {x.strategy: x for x in estimates_for_config(compose(*ckpt))[0]}["auto"]
+    lora_gc = {x.strategy: x for x in estimates_for_config(compose(*ckpt, "adapter=lora", f"adapter.r={r}"))[0]}["auto"]
+    assert lora_gc.activations - full_gc.activations == pytest.approx(tokens * (ins * 5 + layers * 7 * r * 4) / layers)
