@@ -41,7 +41,7 @@ def run_zephyr(p: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="zephyr-bench-sweep-") as tmp:
         data = write_pairs(tok, q, Path(tmp))
         started = time.perf_counter()
-        fills = [zephyr_dpo_fit(tok, q, data, Path(tmp) / "ref_cache", beta=b, clock=None) for b in betas]
+        fills = [zephyr_dpo_fit(tok, q, data, Path(tmp) / "ref_cache", beta=b, clock=None)["fill_s"] for b in betas]
         total = time.perf_counter() - started
     return {"total_s": total, "points": len(betas), "ref_fill_s": fills, "peak_rss_mb": peak_rss_mb()}
 

@@ -195,6 +195,7 @@ def measure_steps(
     if task == "dpo":
         out["zephyr_cached_ref_tokens_per_s"] = float(_median([r["cached_tokens_per_s"] for r in runs["zephyr"]]))
         out["zephyr_ref_fill_s"] = float(_median([r["ref_fill_s"] for r in runs["zephyr"]]))
+        out["zephyr_ref_build_s"] = float(_median([r.get("ref_build_s", 0.0) for r in runs["zephyr"]]))
     out["ratio_tokens_per_s"] = _ratio(out["zephyr_tokens_per_s"], out["trl_tokens_per_s"])
     out["ratio_peak_rss"] = _ratio(out["zephyr_peak_rss_mb"], out["trl_peak_rss_mb"])
     return out

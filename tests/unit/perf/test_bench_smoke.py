@@ -103,6 +103,8 @@ def test_tiny_bench_run_writes_the_promised_schema(tmp_path):
         assert (row["batch_size"], row["max_length"], row["precision"]) == (2, 256, "fp32")
         assert row["zephyr_tokens_per_step"] > 0
     assert data["dpo"]["zephyr_cached_ref_tokens_per_s"] >= data["dpo"]["zephyr_tokens_per_s"]
+    # the reference copy's build is timed apart from the fill's forwards (set-up, as TRL's copy is)
+    assert data["dpo"]["zephyr_ref_build_s"] > 0 and data["dpo"]["zephyr_ref_fill_s"] > 0
     sweep = data["sweep"]
     assert sweep["points"] == 1 and sweep["zephyr_s"] > 0 and sweep["trl_s"] is None
     assert data["settings"]["model_config"]["hidden_size"] == 32
