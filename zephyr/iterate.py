@@ -319,9 +319,10 @@ def answer_set(settings: DictConfig, model: str | Path, name: str, questions, pa
     from zephyr.eval.win_rate import load_answer_set
 
     done = load_answer_set(path, questions) if path.is_file() else {}
-    if any(str(q["question_id"]) not in done for q in questions):  # else the model is not even loaded
-        backend = policy_backend(settings, Path(model), name)
-        generate_answers(questions, backend, path, max_tokens=int(settings.iterate.win_rate.max_tokens), progress=False)
+    if all(str(q["question_id"]) in done for q in questions):  # the model is not even loaded
+        return done
+    backend = policy_backend(settings, Path(model), name)
+    generate_answers(questions, backend, path, max_tokens=int(settings.iterate.win_rate.max_tokens), progress=False)
     return load_answer_set(path, questions)
 
 
@@ -664,10 +665,12 @@ def real_start(settings: DictConfig, root: Path, stage: Stages, console):
     spec = settings.iterate.win_rate.judge or load_config(str(settings.iterate.feedback)).judge
     judge = build_backend(OmegaConf.to_container(spec, resolve=True))
     path = root / "start" / "answers.jsonl"
-    if not stage.reuse("answers_start", path):
+    if stage.reuse("answers_start", path):
+        answers = answer_set(settings, dsft_model, "dsft", questions, path)  # complete: read, model not loaded
+    else:
         with stage("answers_start", f"the start model answers {len(questions)} held-out prompts"):
-            answer_set(settings, dsft_model, "dsft", questions, path)
-    return dsft_model, (questions, answer_set(settings, dsft_model, "dsft", questions, path), judge)
+            answers = answer_set(settings, dsft_model, "dsft", questions, path)
+    return dsft_model, (questions, answers, judge)
 
 
 # --------------------------------------------------------------------------------------------------
