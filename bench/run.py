@@ -37,6 +37,7 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "compile": {"kinds": ("sft", "dpo"), "setting": {"compile": True}},
     "length_grouped": {"kinds": ("dpo",), "setting": {"length_grouped": True}},
     "activation_checkpointing": {"kinds": ("sft", "dpo"), "setting": {"activation_checkpointing": True}},
+    "no_fused_head": {"kinds": ("sft", "dpo"), "setting": {"fused_head": False}},
 }
 
 
@@ -78,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--ablations",
         action="store_true",
-        help="also time zephyr with each optimisation switched off (chunked loss; SFT packing; DPO reference cache)",
+        help="also time zephyr with each optimisation switched off (chunked loss; fused head; SFT packing; "
+        "DPO reference cache)",
     )
     ap.add_argument(
         "--ablation",
@@ -208,9 +210,14 @@ def _median(xs: list[float]) -> float:
 
 
 ABLATIONS = {
-    "sft": {"no_chunked_loss": {"chunked_loss": False}, "no_packing": {"packing": False}},
+    "sft": {
+        "no_chunked_loss": {"chunked_loss": False},
+        "no_fused_head": {"fused_head": False},
+        "no_packing": {"packing": False},
+    },
     "dpo": {
         "no_chunked_loss": {"chunked_loss": False},
+        "no_fused_head": {"fused_head": False},
         "live_reference": {"reference": "live"},
         "concat_layout": {"data_layout": "concat"},
         "bare_loop_concat_layout": {"layout": "concat"},

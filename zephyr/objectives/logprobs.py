@@ -14,6 +14,14 @@ Both use the usual one-token shift: ``logits[:, t]`` predicts ``labels[:, t + 1]
 scored and the last position's prediction is dropped. Labels equal to ``ignore_index`` (prompt, padding) do
 not count. A row with no counted token gets log-prob 0 and, when averaging, 0 rather than NaN.
 
+For a plain fp32 head (an ``nn.Linear`` without bias or hooks, or its weight; no soft-cap, no autocast) the
+chunks run through one autograd function, :class:`_HeadLogps`, with a hand-written backward
+(``∂logp/∂z = onehot(y) − softmax(z)``): each block is computed into one reused buffer and turned into its
+softmax and gradient in place, so a step touches one ``(chunk, V)`` fp32 block per chunk in the forward and
+one in the backward, where checkpointing would allocate several (logits, their fp32 copy, the softmax, the
+gradient). Any other head (bf16, soft-capped, sharded by FSDP2/ZeRO-3, wrapped by PEFT) takes the checkpointed
+route. :func:`use_fused_head` switches the fused route off (the bench's ablation).
+
 Families that soft-cap their logits (Gemma2's ``final_logit_softcapping``: ``cap * tanh(logits / cap)`` after
 the head) pass ``softcap`` (:func:`logit_softcap` reads it from the model), and the chunked projection applies
 it to each block exactly as the model's forward does, so both routes still give the same numbers.
@@ -24,6 +32,9 @@ it to each block exactly as the model's forward does, so both routes still give 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -40,6 +51,7 @@ __all__ = [
     "masked_logits_mean",
     "token_logps_from_hidden",
     "token_stats_from_logits",
+    "use_fused_head",
 ]
 
 
@@ -229,6 +241,119 @@ def _chunk_logps(
     return token_logps, logits.detach().sum(-1)
 
 
+_FUSED = {"enabled": True}
+_BLOCKS = threading.local()
+
+
+@contextlib.contextmanager
+def use_fused_head(enabled: bool) -> Iterator[None]:
+    """Within the block, route eligible heads through the fused function (``True``, the default) or not."""
+    previous = _FUSED["enabled"]
+    _FUSED["enabled"] = bool(enabled)
+    try:
+        yield
+    finally:
+        _FUSED["enabled"] = previous
+
+
+def _logits_block(rows: int, vocab: int, like: torch.Tensor) -> torch.Tensor:
+    """A ``(rows, vocab)`` fp32 buffer, reused across chunks and steps on CPU (one per thread).
+
+    A fresh block of this size is a fresh ``mmap`` on CPU, page-faulted in on first touch on every chunk; keeping
+    one avoids that. On CUDA the caching allocator already reuses memory, so a new tensor is as cheap.
+    """
+    if like.device.type != "cpu":
+        return torch.empty(rows, vocab, dtype=torch.float32, device=like.device)
+    block = getattr(_BLOCKS, "block", None)
+    if block is None or block.shape[1] != vocab or block.shape[0] < rows:
+        block = _BLOCKS.block = None  # drop the old one before allocating the new one
+        block = _BLOCKS.block = torch.empty(rows, vocab, dtype=torch.float32)
+    return block[:rows]
+
+
+def _plain_head_weight(
+    head: torch.Tensor | torch.nn.Module, bias: torch.Tensor | None, softcap: float | None, hidden: torch.Tensor
+) -> torch.Tensor | None:
+    """The head's weight when the fused route gives exactly the checkpointed route's numbers, else ``None``."""
+    if not _FUSED["enabled"] or bias is not None or softcap is not None:
+        return None
+    if torch.is_autocast_enabled(hidden.device.type):
+        return None
+    if isinstance(head, torch.nn.Module):
+        plain_module = type(head) is torch.nn.Linear and head.bias is None
+        if not plain_module or head._forward_hooks or head._forward_pre_hooks:
+            return None  # a sharded (FSDP2, ZeRO-3) or wrapped head gathers or changes its weight in forward
+        head = head.weight
+    if type(head) not in (torch.Tensor, torch.nn.Parameter) or hasattr(head, "ds_shape"):
+        return None
+    if head.dtype != torch.float32 or hidden.dtype != torch.float32 or head.device != hidden.device:
+        return None
+    return head
+
+
+def _block_softmax_(block: torch.Tensor) -> torch.Tensor:
+    """Turn logits into their softmax in place; return the rows' logsumexp ``(N,)``."""
+    peak = block.amax(dim=-1, keepdim=True)
+    block.sub_(peak).exp_()
+    total = block.sum(dim=-1, keepdim=True)
+    block.div_(total)
+    return (peak + total.log()).squeeze(1)
+
+
+class _HeadLogps(torch.autograd.Function):
+    """``(N, H)`` hidden rows, ``(V, H)`` weight, ``(N,)`` targets -> per-row log-prob, logit sum, stats.
+
+    The same numbers as :func:`_chunk_logps` on a plain fp32 head, chunk by chunk, with the backward written out:
+    ``∂logp_i/∂z_i = onehot(y_i) − p_i``, so the weight gradient is ``Σ_i g_i (onehot − p_i)ᵀ h_i`` and the hidden
+    gradient ``g_i (onehot − p_i) W``. The backward recomputes each block from the saved hidden rows and
+    logsumexp (as checkpointing would) but in one buffer, in place.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size: int, stats: bool):
+        n, vocab = hidden.shape[0], weight.shape[0]
+        token_logps = hidden.new_empty(n)
+        logit_sums = hidden.new_empty(n)
+        lse = hidden.new_empty(n)
+        extras = hidden.new_empty(n, 3) if stats else hidden.new_empty(0, 3)
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            rows, tgt = hidden[start:stop], targets[start:stop]
+            block = torch.mm(rows, weight.t(), out=_logits_block(stop - start, vocab, hidden))
+            target_logits = block.gather(1, tgt.unsqueeze(1)).squeeze(1)
+            logit_sums[start:stop] = block.sum(-1)
+            if stats:
+                extras[start:stop, 1] = (block.argmax(-1) == tgt).float()
+            lse[start:stop] = _block_softmax_(block)  # block is now p
+            token_logps[start:stop] = target_logits - lse[start:stop]
+            if stats:
+                extras[start:stop, 2] = 2.0 * torch.linalg.vector_norm(block, dim=-1).log()  # log Σ p²
+                extras[start:stop, 0] = torch.special.entr(block, out=block).sum(-1)  # H = −Σ p log p
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk_size = chunk_size
+        ctx.mark_non_differentiable(logit_sums, extras)
+        return token_logps, logit_sums, extras
+
+    @staticmethod
+    def backward(ctx, grad_logps, _grad_sums, _grad_extras):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.zeros_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros_like(weight) if want_weight else None
+        vocab = weight.shape[0]
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            stop = min(start + ctx.chunk_size, hidden.shape[0])
+            rows, g = hidden[start:stop], grad_logps[start:stop].unsqueeze(1)
+            block = torch.mm(rows, weight.t(), out=_logits_block(stop - start, vocab, hidden))
+            block.sub_(lse[start:stop].unsqueeze(1)).exp_()  # p
+            block.mul_(-g).scatter_add_(1, targets[start:stop].unsqueeze(1), g)  # g · (onehot − p)
+            if want_hidden:
+                torch.mm(block, weight, out=grad_hidden[start:stop])
+            if want_weight:
+                grad_weight.addmm_(block.t(), rows)
+        return grad_hidden, grad_weight, None, None, None
+
+
 def token_logps_from_hidden(
     hidden: torch.Tensor,
     lm_head_weight: torch.Tensor | torch.nn.Module,
@@ -240,6 +365,7 @@ def token_logps_from_hidden(
     average: bool = False,
     softcap: float | None = None,
     stats: bool = False,
+    fused: bool = True,
 ) -> SequenceLogps:
     """Completion log-probs from hidden states, projecting onto the vocabulary only where labels count.
 
@@ -258,6 +384,8 @@ def token_logps_from_hidden(
         average: return per-row means instead of sums (IPO); empty rows give 0.
         softcap: final-logit soft-cap of the model (:func:`logit_softcap`; ``None``: none).
         stats: also return :class:`TokenStats` (entropy, top-1, WPO term, per-token log-probs) from the same blocks.
+        fused: take the fused route (:class:`_HeadLogps`) when the head is eligible (plain fp32, no bias, no
+            soft-cap, no autocast) and :func:`use_fused_head` has not switched it off; ``False``: always checkpoint.
 
     Returns:
         :class:`SequenceLogps` with ``(B,)`` ``logps``, ``token_counts`` and ``logits_sum`` (and ``stats``).
@@ -282,9 +410,13 @@ def token_logps_from_hidden(
     selected = hidden[:, :-1, :][mask]  # (N, H): only positions whose next label counts
     targets = shifted[mask]  # (N,)
 
+    plain = _plain_head_weight(lm_head_weight, lm_head_bias, softcap, hidden) if fused else None
     use_checkpoint = torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad)
     token_logps, logit_sums, extras = [], [], []
-    for start in range(0, selected.shape[0], chunk_size):
+    if plain is not None and selected.shape[0]:
+        lp, ls, st = _HeadLogps.apply(selected, plain, targets, chunk_size, stats)
+        token_logps, logit_sums, extras = [lp], [ls], [st] if stats else []
+    for start in range(0, selected.shape[0] if plain is None else 0, chunk_size):
         args = (
             selected[start : start + chunk_size],
             lm_head_weight,

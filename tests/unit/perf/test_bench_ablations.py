@@ -1,5 +1,6 @@
-"""The bench's ablation variants keep the numbers they claim: bf16 autocast close to fp32, activation checkpointing
-and ``torch.compile`` of the decoder layers equal to eager fp32, length grouping a reordering of the same pairs.
+"""The bench's ablation variants keep the numbers they claim: bf16 autocast close to fp32, activation checkpointing,
+the fused head and ``torch.compile`` of the decoder layers equal to eager fp32, length grouping a reordering of the
+same pairs.
 
 Each runs the DPO pair forward of :mod:`zephyr.modules.pair_forward` on a tiny random Mistral (the path the bench
 times); the compile test (marked slow: inductor's first build) is skipped where inductor cannot build here.
@@ -48,7 +49,31 @@ def _logps_and_grads(model, autocast: bool = False):
 def test_variants_name_their_settings():
     assert ABLATION_VARIANTS["bf16_autocast"]["setting"] == {"precision": "bf16-mixed"}
     assert ABLATION_VARIANTS["length_grouped"]["kinds"] == ("dpo",)
-    assert set(ABLATION_VARIANTS) == {"bf16_autocast", "compile", "length_grouped", "activation_checkpointing"}
+    assert ABLATION_VARIANTS["no_fused_head"]["setting"] == {"fused_head": False}
+    assert set(ABLATION_VARIANTS) == {
+        "bf16_autocast",
+        "compile",
+        "length_grouped",
+        "activation_checkpointing",
+        "no_fused_head",
+    }
+
+
+def test_fused_head_equal_logps_and_grads_to_the_checkpointed_head(monkeypatch):
+    """The whole model's step through the fused head (the default) equals it with the fused route off."""
+    from zephyr.objectives import logprobs
+
+    calls = []
+    apply = logprobs._HeadLogps.apply
+    monkeypatch.setattr(logprobs._HeadLogps, "apply", lambda *a: calls.append(1) or apply(*a))
+    fused, g_fused = _logps_and_grads(_model())
+    assert len(calls) == 2  # chosen and rejected targets of the prefix-shared rows
+    with logprobs.use_fused_head(False):
+        plain, g_plain = _logps_and_grads(_model())
+    assert len(calls) == 2
+    assert_close(fused, plain, atol=1e-5, rtol=1e-6)
+    for name, g in g_plain.items():
+        assert_close(g_fused[name], g, atol=1e-6, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_bf16_autocast_logps_within_tolerance():
