@@ -177,8 +177,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def build_policy(model_config: dict[str, Any], seed: int = SEED, *, gradient_checkpointing: bool = False):
-    """The random-init model (tiny Mistral or ``model_type``'s family) in fp32 with SDPA attention, same per seed."""
+def build_policy(
+    model_config: dict[str, Any], seed: int = SEED, *, gradient_checkpointing: bool = False, fused_mlp: bool = False
+):
+    """The random-init model (tiny Mistral or ``model_type``'s family) in fp32 with SDPA attention, same per seed.
+
+    ``fused_mlp`` is off by default: this is also TRL's model, which is the family's own code.
+    """
     from zephyr.models.mistral import build_model
 
     return build_model(
@@ -187,6 +192,7 @@ def build_policy(model_config: dict[str, Any], seed: int = SEED, *, gradient_che
         attn_implementation="sdpa",
         init_seed=seed,
         gradient_checkpointing=gradient_checkpointing,
+        fused_mlp=fused_mlp,
     )
 
 
@@ -194,9 +200,14 @@ def zephyr_policy(p: dict[str, Any]):
     """zephyr's side of a worker: :func:`build_policy`, then the run's LoRA adapters and ablation switches.
 
     ``p["lora"]``: adapters via :func:`zephyr.models.adapters.apply_adapter`; ``p["compile"]``: ``torch.compile``
-    of each decoder layer in place (what ``trainer.compile=true`` does); ``p["activation_checkpointing"]``.
+    of each decoder layer in place (what ``trainer.compile=true`` does); ``p["activation_checkpointing"]``;
+    ``p["fused_mlp"]`` (default on, as in training).
     """
-    model = build_policy(p["model_config"], gradient_checkpointing=bool(p.get("activation_checkpointing")))
+    model = build_policy(
+        p["model_config"],
+        gradient_checkpointing=bool(p.get("activation_checkpointing")),
+        fused_mlp=bool(p.get("fused_mlp", True)),  # zephyr's default (model.fused_mlp); off: the no_fused_mlp row
+    )
     if p.get("lora"):
         from zephyr.models.adapters import apply_adapter
 

@@ -38,6 +38,7 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "length_grouped": {"kinds": ("dpo",), "setting": {"length_grouped": True}},
     "activation_checkpointing": {"kinds": ("sft", "dpo"), "setting": {"activation_checkpointing": True}},
     "no_fused_head": {"kinds": ("sft", "dpo"), "setting": {"fused_head": False}},
+    "no_fused_mlp": {"kinds": ("sft", "dpo"), "setting": {"fused_mlp": False}},
 }
 
 
@@ -213,11 +214,13 @@ ABLATIONS = {
     "sft": {
         "no_chunked_loss": {"chunked_loss": False},
         "no_fused_head": {"fused_head": False},
+        "no_fused_mlp": {"fused_mlp": False},
         "no_packing": {"packing": False},
     },
     "dpo": {
         "no_chunked_loss": {"chunked_loss": False},
         "no_fused_head": {"fused_head": False},
+        "no_fused_mlp": {"fused_mlp": False},
         "live_reference": {"reference": "live"},
         "concat_layout": {"data_layout": "concat"},
         "bare_loop_concat_layout": {"layout": "concat"},

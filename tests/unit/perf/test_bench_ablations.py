@@ -56,6 +56,7 @@ def test_variants_name_their_settings():
         "length_grouped",
         "activation_checkpointing",
         "no_fused_head",
+        "no_fused_mlp",
     }
 
 
