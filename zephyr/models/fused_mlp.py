@@ -19,7 +19,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-__all__ = ["fuse_mlp", "fused_mlp_count"]
+__all__ = ["fuse_mlp", "fused_mlp_count", "is_plain_linear"]
 
 _ORIGINAL = "_zephyr_unfused_forward"
 
@@ -55,8 +55,12 @@ class _SwiGLUDown(torch.autograd.Function):
         return grad_gate, grad_up, grad_weight
 
 
-def _plain_linear(module: torch.nn.Module) -> bool:
-    """An ``nn.Linear`` exactly (not LoRA's or a sharded subclass), no bias, no hooks, a plain weight."""
+def is_plain_linear(module: torch.nn.Module) -> bool:
+    """An ``nn.Linear`` exactly (not LoRA's or a sharded subclass), no bias, no hooks, a plain weight.
+
+    What a fused function may bypass the module's forward for (here, and the fused head of
+    :mod:`zephyr.objectives.logprobs`).
+    """
     return (
         type(module) is torch.nn.Linear
         and module.bias is None
@@ -76,7 +80,7 @@ def _eligible(mlp: torch.nn.Module, x: torch.Tensor) -> bool:
     if not torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
         return False
     parts = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-    if not all(_plain_linear(p) for p in parts) or not _is_silu(mlp.act_fn):
+    if not all(is_plain_linear(p) for p in parts) or not _is_silu(mlp.act_fn):
         return False
     return all(p.weight.dtype == x.dtype and p.weight.device == x.device for p in parts)
 

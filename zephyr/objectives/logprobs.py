@@ -280,11 +280,12 @@ def _plain_head_weight(
     if torch.is_autocast_enabled(hidden.device.type):
         return None
     if isinstance(head, torch.nn.Module):
-        plain_module = type(head) is torch.nn.Linear and head.bias is None
-        if not plain_module or head._forward_hooks or head._forward_pre_hooks:
+        from zephyr.models.fused_mlp import is_plain_linear
+
+        if not is_plain_linear(head):
             return None  # a sharded (FSDP2, ZeRO-3) or wrapped head gathers or changes its weight in forward
         head = head.weight
-    if type(head) not in (torch.Tensor, torch.nn.Parameter) or hasattr(head, "ds_shape"):
+    elif type(head) not in (torch.Tensor, torch.nn.Parameter) or hasattr(head, "ds_shape"):
         return None
     if head.dtype != torch.float32 or hidden.dtype != torch.float32 or head.device != hidden.device:
         return None
