@@ -115,3 +115,13 @@ def test_fuse_mlp_undo_and_deepcopy():
     assert twin.model.layers[0].mlp.forward.__self__ is twin.model.layers[0].mlp  # bound to the copy
     assert fuse_mlp(model, enabled=False) == 0
     assert fuse_mlp(model) == 2 and fuse_mlp(model) == 2  # idempotent
+
+
+@pytest.mark.parametrize("liger", [False, True])
+def test_training_build_keeps_the_fused_mlp_unless_liger_kernels_replace_it(compose, liger):
+    from zephyr.run import prepare_policy
+
+    cfg = compose(f"trainer.liger_kernel={str(liger).lower()}")
+    assert cfg.model.fused_mlp is True
+    model = prepare_policy(_model("mistral", True), adapter={"name": "none"}, cfg=cfg)
+    assert fused_mlp_count(model) == (0 if liger else DIMS["num_hidden_layers"])
