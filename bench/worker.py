@@ -33,12 +33,9 @@ def main(argv: list[str]) -> int:
     if fn is None:
         print(f"bench/worker.py: unknown side {side!r} in task {task!r} (zephyr or trl)", file=sys.stderr)
         return 2
-    if side == "zephyr":  # the fused head route is on unless the run switches it off (the no_fused_head ablation)
-        from zephyr.objectives.logprobs import use_fused_head
+    from zephyr.objectives.logprobs import use_fused_head
 
-        with use_fused_head(params.get("fused_head", True)):
-            result = fn(params)
-    else:
+    with use_fused_head(params.get("fused_head", True)):  # off only for zephyr's no_fused_head ablation
         result = fn(params)
     out.write_text(json.dumps(result))
     return 0

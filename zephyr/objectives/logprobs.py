@@ -40,6 +40,8 @@ from typing import NamedTuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from zephyr.models.fused_mlp import is_plain_linear
+
 __all__ = [
     "prefix_shared_logps",
     "SequenceLogps",
@@ -266,7 +268,8 @@ def _logits_block(rows: int, vocab: int, like: torch.Tensor) -> torch.Tensor:
         return torch.empty(rows, vocab, dtype=torch.float32, device=like.device)
     block = getattr(_BLOCKS, "block", None)
     if block is None or block.shape[1] != vocab or block.shape[0] < rows:
-        block = _BLOCKS.block = None  # drop the old one before allocating the new one
+        del block
+        _BLOCKS.block = None  # drop the old one before allocating the new one
         block = _BLOCKS.block = torch.empty(rows, vocab, dtype=torch.float32)
     return block[:rows]
 
@@ -280,8 +283,6 @@ def _plain_head_weight(
     if torch.is_autocast_enabled(hidden.device.type):
         return None
     if isinstance(head, torch.nn.Module):
-        from zephyr.models.fused_mlp import is_plain_linear
-
         if not is_plain_linear(head):
             return None  # a sharded (FSDP2, ZeRO-3) or wrapped head gathers or changes its weight in forward
         head = head.weight
@@ -414,26 +415,27 @@ def token_logps_from_hidden(
     plain = _plain_head_weight(lm_head_weight, lm_head_bias, softcap, hidden) if fused else None
     use_checkpoint = torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad)
     token_logps, logit_sums, extras = [], [], []
-    if plain is not None and selected.shape[0]:
+    if plain is None:
+        for start in range(0, selected.shape[0], chunk_size):
+            args = (
+                selected[start : start + chunk_size],
+                lm_head_weight,
+                lm_head_bias,
+                targets[start : start + chunk_size],
+                softcap,
+                stats,
+            )
+            if use_checkpoint:
+                # Recompute the (chunk, V) block in backward instead of keeping every block alive until then.
+                lp, ls, *st = checkpoint(_chunk_logps, *args, use_reentrant=False)
+            else:
+                lp, ls, *st = _chunk_logps(*args)
+            token_logps.append(lp)
+            logit_sums.append(ls)
+            extras.extend(st)
+    elif selected.shape[0]:
         lp, ls, st = _HeadLogps.apply(selected, plain, targets, chunk_size, stats)
         token_logps, logit_sums, extras = [lp], [ls], [st] if stats else []
-    for start in range(0, selected.shape[0] if plain is None else 0, chunk_size):
-        args = (
-            selected[start : start + chunk_size],
-            lm_head_weight,
-            lm_head_bias,
-            targets[start : start + chunk_size],
-            softcap,
-            stats,
-        )
-        if use_checkpoint:
-            # Recompute the (chunk, V) block in backward instead of keeping every block alive until then.
-            lp, ls, *st = checkpoint(_chunk_logps, *args, use_reentrant=False)
-        else:
-            lp, ls, *st = _chunk_logps(*args)
-        token_logps.append(lp)
-        logit_sums.append(ls)
-        extras.extend(st)
 
     counts = mask.sum(-1)  # (B,)
     sums = hidden.new_zeros(batch, dtype=torch.float32)
