@@ -380,6 +380,23 @@ def prepare_scale(cfg: DictConfig) -> LaunchPlan:
         raise ConfigError(str(e)) from e
 
 
+def apply_host_allocator(cfg: DictConfig, plan: Any) -> str:
+    """Apply ``hardware.host_allocator`` for this process (:mod:`zephyr.scale.host_memory`; ``retain`` on a CPU run
+    by default) and return what it resolved to; a bad value is a one-line :class:`ConfigError` naming the key.
+    """
+    from zephyr.scale.host_memory import configure_host_allocator
+
+    strategy = cfg.get("strategy", {}).get("name", "auto") if cfg.get("strategy") is not None else "auto"
+    try:
+        mode = configure_host_allocator(
+            cfg.hardware.get("host_allocator", "auto"), accelerator=plan.accelerator, strategy=strategy
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    log.info("host allocator: %s", mode)
+    return mode
+
+
 def policy_factory(cfg: DictConfig) -> Any:
     """The :class:`~zephyr.modules.base.ModelFactory` of the policy, called by the module's ``configure_model``.
 
@@ -451,6 +468,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if (done := completed_run(cfg, ckpt_path, out)) is not None:
         return done
     plan = prepare_scale(cfg)
+    apply_host_allocator(cfg, plan)  # CPU: freed step memory is kept for the next step, not faulted in again
     apply_kernels(cfg)  # refuses trainer.liger_kernel=true without CUDA / liger-kernel before anything is built
     out.mkdir(parents=True, exist_ok=True)
     secrets = secret_values(cfg, _overrides())

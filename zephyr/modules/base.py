@@ -260,9 +260,10 @@ class ZephyrModule(pl.LightningModule):
         calls it again).
         """
         from zephyr.scale import fsdp2
+        from zephyr.scale.host_memory import return_freed_host_memory
 
         if self.device_mesh is not None and self.device.type == "cpu":
-            fsdp2.return_freed_host_memory()  # else glibc keeps FSDP2's freed per-layer buffers resident
+            return_freed_host_memory()  # else glibc keeps FSDP2's freed per-layer buffers resident
         checkpoint = getattr(self.model_factory, "checkpoint", None) if self.device_mesh is not None else None
         if self.model is None and checkpoint is not None:  # FSDP2 from a checkpoint: meta, shard, load shards
             self.model = self.model_factory.prepare(fsdp2.meta_model_from_checkpoint(self.model_factory.build))

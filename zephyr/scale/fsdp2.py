@@ -9,7 +9,8 @@ Started from a local checkpoint (``model.path``), the model is built on the meta
 (:func:`meta_model_from_checkpoint`), sharded, allocated shard-sized (:func:`materialize`) and filled tensor by
 tensor from the safetensors files (:func:`load_checkpoint_shards`), so no rank ever holds the full model. A
 random-init model is built whole on each rank (same seed) and sharded right after. On CPU, glibc is told to
-return freed buffers to the OS (:func:`return_freed_host_memory`), else the step peak is not below one process's.
+return freed buffers to the OS (:func:`zephyr.scale.host_memory.return_freed_host_memory`), else the step peak
+is not below one process's.
 """
 
 from __future__ import annotations
@@ -102,34 +103,6 @@ def zero3_build_context(strategy: Any) -> Iterator[None]:
         yield
     finally:
         del hf_ds
-
-
-HOST_MMAP_THRESHOLD = 1 << 20  # bytes: host allocations from 1 MiB up are mmapped, so free() unmaps them
-
-
-def return_freed_host_memory(threshold: int = HOST_MMAP_THRESHOLD) -> bool:
-    """Make glibc serve host allocations of ``threshold`` bytes and more with ``mmap`` (``mallopt``), so a freed
-    buffer goes back to the OS at once instead of staying resident in the heap.
-
-    FSDP2 on CPU allocates and frees a decoder layer's unsharded weights and gradients (all-gather outputs,
-    reduce-scatter inputs) every step. glibc's default *dynamic* mmap threshold rises to the size of the largest
-    freed block (up to 32 MiB), so those buffers end up in the brk heap and per-thread arenas (gloo's threads),
-    where fragmentation keeps them resident: measured on a 52M-parameter checkpoint with 2 ranks, the per-rank
-    step peak over the ``setup`` RSS was 1.21-1.31 GB with the default and 0.77-0.79 GB with a fixed threshold,
-    the one-process run being 1.24 GB. A fixed threshold also turns the dynamic adjustment off. Process-wide
-    and numerically neutral; applied by :meth:`ZephyrModule.configure_model` under FSDP2 on CPU only.
-
-    Returns:
-        Whether the setting was applied (``False`` off glibc, e.g. macOS).
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_mmap_threshold = -3  # <malloc.h> M_MMAP_THRESHOLD
-    return bool(libc.mallopt(m_mmap_threshold, int(threshold)))
 
 
 def local_checkpoint(path: Any) -> Path | None:

@@ -25,7 +25,7 @@ The ``fsdp`` row also leaves out FSDP2's unsharded working set: the root unit (e
 is not resharded after forward, so its full weights and gradient add ``2·w·P_root·(1 - 1/N)`` during a step
 (0.13 GB for the 32k x 512 embeddings of the CPU test shape), plus one or two gathered decoder layers. Measured
 on CPU (52M-parameter checkpoint, 2 ranks, :class:`PeakMemory`): estimate 0.78 GB, per-rank peaks 0.78 and
-0.87 GB (0 to -10 %); before :func:`zephyr.scale.fsdp2.return_freed_host_memory` glibc's heap kept FSDP2's
+0.87 GB (0 to -10 %); before :func:`zephyr.scale.host_memory.return_freed_host_memory` glibc's heap kept FSDP2's
 freed per-layer buffers resident and the peaks were 1.21 / 1.31 GB (the -39 % the README once reported).
 
 The model is the checkpoint's own when ``model.path`` is a local checkpoint: its ``config.json`` is built on

@@ -158,7 +158,7 @@ def test_return_freed_host_memory_unmaps_freed_buffers():
 
     code = """
 import sys, torch
-from zephyr.scale.fsdp2 import return_freed_host_memory
+from zephyr.scale.host_memory import return_freed_host_memory
 def rss_kib():
     return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmRSS:"))
 if sys.argv[1] == "fixed":
