@@ -38,20 +38,24 @@ class _SwiGLUDown(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        # four (tokens, intermediate) allocations: sig, act, grad_h and h, whose buffer then holds grad_up; the
+        # silu derivative s·(1 + g·(1 − s)) = act − act·s + s is computed in act's buffer once grad_up is done
         gate, up, weight = ctx.saved_tensors
         sig = torch.sigmoid(gate)
         act = gate * sig
         grad_h = grad_out @ weight  # (..., intermediate)
-        grad_weight = None
+        grad_weight = grad_up = None
         if ctx.needs_input_grad[2]:
             h = act * up
             grad_weight = grad_out.reshape(-1, grad_out.shape[-1]).t() @ h.reshape(-1, h.shape[-1])
-            del h
-        grad_up = grad_h * act if ctx.needs_input_grad[1] else None
+            if ctx.needs_input_grad[1]:
+                grad_up = torch.mul(grad_h, act, out=h)
+        elif ctx.needs_input_grad[1]:
+            grad_up = grad_h * act
         grad_gate = None
         if ctx.needs_input_grad[0]:
-            del act
-            grad_gate = grad_h.mul_(up).mul_(sig).mul_(gate.mul(1.0 - sig).add_(1.0))
+            silu_grad = act.addcmul_(act, sig, value=-1.0).add_(sig)
+            grad_gate = grad_h.mul_(up).mul_(silu_grad)
         return grad_gate, grad_up, grad_weight
 
 
