@@ -512,18 +512,17 @@ def prefix_shared_logps(
         raise ValueError(
             f"chosen_targets {tuple(chosen_targets.shape)} and rejected_targets {tuple(rejected_targets.shape)} differ"
         )
-    outs = [
-        token_logps_from_hidden(
-            hidden,
-            lm_head_weight,
-            _as_labels(t, ignore_index),
-            lm_head_bias=lm_head_bias,
-            ignore_index=ignore_index,
-            chunk_size=chunk_size,
-            average=average,
-            softcap=softcap,
-            stats=stats,
-        )
-        for t in (chosen_targets, rejected_targets)
-    ]
-    return cat_sequence_logps(outs[0], outs[1])
+    # one projection for both maps: the rows twice, chosen labels then rejected ones, so the head (and, fused, its
+    # (V, H) weight gradient) runs once per batch instead of once per map; the output has the concatenated order
+    labels = torch.cat([_as_labels(chosen_targets, ignore_index), _as_labels(rejected_targets, ignore_index)])
+    return token_logps_from_hidden(
+        torch.cat([hidden, hidden]),
+        lm_head_weight,
+        labels,
+        lm_head_bias=lm_head_bias,
+        ignore_index=ignore_index,
+        chunk_size=chunk_size,
+        average=average,
+        softcap=softcap,
+        stats=stats,
+    )
