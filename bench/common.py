@@ -201,8 +201,13 @@ def zephyr_policy(p: dict[str, Any]):
 
     ``p["lora"]``: adapters via :func:`zephyr.models.adapters.apply_adapter`; ``p["compile"]``: ``torch.compile``
     of each decoder layer in place (what ``trainer.compile=true`` does); ``p["activation_checkpointing"]``;
-    ``p["fused_mlp"]`` (default on, as in training).
+    ``p["fused_mlp"]`` (default on, as in training); ``p["host_allocator"]`` (default ``auto``: ``retain`` on CPU,
+    what ``hardware.host_allocator`` applies in training, before the model is built; ``system``: the
+    ``system_allocator`` row).
     """
+    from zephyr.scale.host_memory import configure_host_allocator
+
+    configure_host_allocator(p.get("host_allocator", "auto"), accelerator="cpu")
     model = build_policy(
         p["model_config"],
         gradient_checkpointing=bool(p.get("activation_checkpointing")),

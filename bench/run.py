@@ -39,6 +39,7 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "activation_checkpointing": {"kinds": ("sft", "dpo"), "setting": {"activation_checkpointing": True}},
     "no_fused_head": {"kinds": ("sft", "dpo"), "setting": {"fused_head": False}},
     "no_fused_mlp": {"kinds": ("sft", "dpo"), "setting": {"fused_mlp": False}},
+    "system_allocator": {"kinds": ("sft", "dpo"), "setting": {"host_allocator": "system"}},
 }
 
 
@@ -215,12 +216,14 @@ ABLATIONS = {
         "no_chunked_loss": {"chunked_loss": False},
         "no_fused_head": {"fused_head": False},
         "no_fused_mlp": {"fused_mlp": False},
+        "system_allocator": {"host_allocator": "system"},
         "no_packing": {"packing": False},
     },
     "dpo": {
         "no_chunked_loss": {"chunked_loss": False},
         "no_fused_head": {"fused_head": False},
         "no_fused_mlp": {"fused_mlp": False},
+        "system_allocator": {"host_allocator": "system"},
         "live_reference": {"reference": "live"},
         "concat_layout": {"data_layout": "concat"},
         "bare_loop_concat_layout": {"layout": "concat"},
