@@ -178,11 +178,17 @@ def peak_rss_mb() -> float:
 
 
 def build_policy(
-    model_config: dict[str, Any], seed: int = SEED, *, gradient_checkpointing: bool = False, fused_mlp: bool = False
+    model_config: dict[str, Any],
+    seed: int = SEED,
+    *,
+    gradient_checkpointing: bool = False,
+    fused_mlp: bool = False,
+    fused_rmsnorm: bool = False,
 ):
     """The random-init model (tiny Mistral or ``model_type``'s family) in fp32 with SDPA attention, same per seed.
 
-    ``fused_mlp`` is off by default: this is also TRL's model, which is the family's own code.
+    ``fused_mlp`` and ``fused_rmsnorm`` are off by default: this is also TRL's model, which is the family's own
+    code.
     """
     from zephyr.models.mistral import build_model
 
@@ -193,6 +199,7 @@ def build_policy(
         init_seed=seed,
         gradient_checkpointing=gradient_checkpointing,
         fused_mlp=fused_mlp,
+        fused_rmsnorm=fused_rmsnorm,
     )
 
 
@@ -201,9 +208,9 @@ def zephyr_policy(p: dict[str, Any]):
 
     ``p["lora"]``: adapters via :func:`zephyr.models.adapters.apply_adapter`; ``p["compile"]``: ``torch.compile``
     of each decoder layer in place (what ``trainer.compile=true`` does); ``p["activation_checkpointing"]``;
-    ``p["fused_mlp"]`` (default on, as in training); ``p["host_allocator"]`` (default ``auto``: ``retain`` on CPU,
-    what ``hardware.host_allocator`` applies in training, before the model is built; ``system``: the
-    ``system_allocator`` row).
+    ``p["fused_mlp"]``, ``p["fused_rmsnorm"]`` (default on, as in training); ``p["host_allocator"]`` (default
+    ``auto``: ``retain`` on CPU, what ``hardware.host_allocator`` applies in training, before the model is built;
+    ``system``: the ``system_allocator`` row).
     """
     from zephyr.scale.host_memory import configure_host_allocator
 
@@ -212,6 +219,7 @@ def zephyr_policy(p: dict[str, Any]):
         p["model_config"],
         gradient_checkpointing=bool(p.get("activation_checkpointing")),
         fused_mlp=bool(p.get("fused_mlp", True)),  # zephyr's default (model.fused_mlp); off: the no_fused_mlp row
+        fused_rmsnorm=bool(p.get("fused_rmsnorm", True)),  # model.fused_rmsnorm; off: the no_fused_rmsnorm row
     )
     if p.get("lora"):
         from zephyr.models.adapters import apply_adapter

@@ -417,14 +417,16 @@ def policy_factory(cfg: DictConfig) -> Any:
 def prepare_policy(model: torch.nn.Module, *, adapter: Any, cfg: DictConfig) -> torch.nn.Module:
     """The adapters applied right after the build, the parameter summary logged, then ``trainer.compile``.
 
-    With ``trainer.liger_kernel=true`` the fused MLP (``model.fused_mlp``) is switched off: Liger's kernel takes
-    its place.
+    With ``trainer.liger_kernel=true`` the fused MLP and RMSNorm (``model.fused_mlp``, ``model.fused_rmsnorm``)
+    are switched off: Liger's kernels take their place.
     """
     from zephyr.models.fused_mlp import fuse_mlp
+    from zephyr.models.fused_norm import fuse_rmsnorm
     from zephyr.scale.plan import compile_model
 
-    if cfg.trainer.get("liger_kernel", False):
-        fuse_mlp(model, enabled=False)  # Liger's SwiGLU kernel is the MLP's forward then, not zephyr's function
+    if cfg.trainer.get("liger_kernel", False):  # Liger's SwiGLU / RMSNorm kernels are the forwards then, not zephyr's
+        fuse_mlp(model, enabled=False)
+        fuse_rmsnorm(model, enabled=False)
     model = apply_adapter(model, adapter)
     log.info("%s", describe_parameters(model))
     return compile_model(model, cfg)

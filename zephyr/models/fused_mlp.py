@@ -15,11 +15,13 @@ sharding.
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["fuse_mlp", "fused_mlp_count", "is_plain_linear"]
+__all__ = ["fuse_mlp", "fused_mlp_count", "is_plain_linear", "swap_forward"]
 
 _ORIGINAL = "_zephyr_unfused_forward"
 
@@ -100,6 +102,19 @@ def _is_swiglu_mlp(module: torch.nn.Module) -> bool:
     return all(hasattr(module, n) for n in names) and _is_silu(module.act_fn)
 
 
+def swap_forward(module: torch.nn.Module, fused: Callable[..., Any], *, key: str, enabled: bool) -> None:
+    """Route ``module.forward`` through ``fused(module, *args)`` (an instance attribute), the original kept as
+    ``module.__dict__[key]`` for ``fused`` to fall back on; ``enabled=False`` restores it. Idempotent both ways.
+    """
+    patched = key in module.__dict__
+    if enabled and not patched:
+        module.__dict__[key] = module.forward
+        module.forward = types.MethodType(fused, module)
+    elif not enabled and patched:
+        del module.forward
+        del module.__dict__[key]
+
+
 def fuse_mlp(model: torch.nn.Module, enabled: bool = True) -> int:
     """Route every SiLU-gated MLP of ``model`` through :class:`_SwiGLUDown` (``enabled=False``: undo).
 
@@ -107,15 +122,8 @@ def fuse_mlp(model: torch.nn.Module, enabled: bool = True) -> int:
         How many MLP blocks take the fused route now.
     """
     for module in model.modules():
-        if not _is_swiglu_mlp(module):
-            continue
-        patched = _ORIGINAL in module.__dict__
-        if enabled and not patched:
-            module.__dict__[_ORIGINAL] = module.forward
-            module.forward = types.MethodType(_fused_forward, module)
-        elif not enabled and patched:
-            del module.forward
-            del module.__dict__[_ORIGINAL]
+        if _is_swiglu_mlp(module):
+            swap_forward(module, _fused_forward, key=_ORIGINAL, enabled=enabled)
     return fused_mlp_count(model)
 
 

@@ -112,6 +112,7 @@ def build_model(
     gradient_checkpointing: bool = False,
     quantization_config: Any = None,
     fused_mlp: bool = True,
+    fused_rmsnorm: bool = True,
     **unused: Any,
 ) -> PreTrainedModel:
     """Create the causal LM.
@@ -128,6 +129,8 @@ def build_model(
         quantization_config: a ``BitsAndBytesConfig`` for ``from_pretrained`` (``adapter=qlora``: 4-bit base).
         fused_mlp: route SiLU-gated MLPs through :mod:`zephyr.models.fused_mlp` while training (the same numbers,
             two activations fewer saved per layer); ``False``: the family's own forward.
+        fused_rmsnorm: route Llama-style RMSNorms through :mod:`zephyr.models.fused_norm` while training (the
+            same forward numbers, one activation fewer saved per norm); ``False``: the family's own forward.
         **unused: other keys of the model config group (tokenizer, name) that are not for this function.
 
     Returns:
@@ -185,6 +188,10 @@ def build_model(
         from zephyr.models.fused_mlp import fuse_mlp
 
         fuse_mlp(model)
+    if fused_rmsnorm:
+        from zephyr.models.fused_norm import fuse_rmsnorm
+
+        fuse_rmsnorm(model)
     model.train()
     return model
 
