@@ -208,7 +208,8 @@ def zephyr_policy(p: dict[str, Any]):
 
     ``p["lora"]``: adapters via :func:`zephyr.models.adapters.apply_adapter`; ``p["compile"]``: ``torch.compile``
     of each decoder layer in place (what ``trainer.compile=true`` does); ``p["activation_checkpointing"]``;
-    ``p["fused_mlp"]``, ``p["fused_rmsnorm"]`` (default on, as in training); ``p["host_allocator"]`` (default
+    ``p["fused_mlp"]`` (default on, as in training), ``p["fused_rmsnorm"]`` (default off, as in training);
+    ``p["host_allocator"]`` (default
     ``auto``: ``retain`` on CPU, what ``hardware.host_allocator`` applies in training, before the model is built;
     ``system``: the ``system_allocator`` row).
     """
@@ -219,7 +220,7 @@ def zephyr_policy(p: dict[str, Any]):
         p["model_config"],
         gradient_checkpointing=bool(p.get("activation_checkpointing")),
         fused_mlp=bool(p.get("fused_mlp", True)),  # zephyr's default (model.fused_mlp); off: the no_fused_mlp row
-        fused_rmsnorm=bool(p.get("fused_rmsnorm", True)),  # model.fused_rmsnorm; off: the no_fused_rmsnorm row
+        fused_rmsnorm=bool(p.get("fused_rmsnorm", False)),  # model.fused_rmsnorm (opt-in): the fused_rmsnorm row
     )
     if p.get("lora"):
         from zephyr.models.adapters import apply_adapter

@@ -39,7 +39,7 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "activation_checkpointing": {"kinds": ("sft", "dpo"), "setting": {"activation_checkpointing": True}},
     "no_fused_head": {"kinds": ("sft", "dpo"), "setting": {"fused_head": False}},
     "no_fused_mlp": {"kinds": ("sft", "dpo"), "setting": {"fused_mlp": False}},
-    "no_fused_rmsnorm": {"kinds": ("sft", "dpo"), "setting": {"fused_rmsnorm": False}},
+    "fused_rmsnorm": {"kinds": ("sft", "dpo"), "setting": {"fused_rmsnorm": True}},
     "system_allocator": {"kinds": ("sft", "dpo"), "setting": {"host_allocator": "system"}},
 }
 
@@ -217,7 +217,7 @@ ABLATIONS = {
         "no_chunked_loss": {"chunked_loss": False},
         "no_fused_head": {"fused_head": False},
         "no_fused_mlp": {"fused_mlp": False},
-        "no_fused_rmsnorm": {"fused_rmsnorm": False},
+        "fused_rmsnorm": {"fused_rmsnorm": True},
         "system_allocator": {"host_allocator": "system"},
         "no_packing": {"packing": False},
     },
@@ -225,7 +225,7 @@ ABLATIONS = {
         "no_chunked_loss": {"chunked_loss": False},
         "no_fused_head": {"fused_head": False},
         "no_fused_mlp": {"fused_mlp": False},
-        "no_fused_rmsnorm": {"fused_rmsnorm": False},
+        "fused_rmsnorm": {"fused_rmsnorm": True},
         "system_allocator": {"host_allocator": "system"},
         "live_reference": {"reference": "live"},
         "concat_layout": {"data_layout": "concat"},

@@ -138,7 +138,8 @@ def test_fuse_rmsnorm_undo_and_deepcopy():
 def test_training_build_keeps_the_fused_norm_unless_liger_kernels_replace_it(compose, liger):
     from zephyr.run import prepare_policy
 
-    cfg = compose(f"trainer.liger_kernel={str(liger).lower()}")
+    assert compose().model.fused_rmsnorm is False  # opt-in
+    cfg = compose(f"trainer.liger_kernel={str(liger).lower()}", "model.fused_rmsnorm=true")
     assert cfg.model.fused_rmsnorm is True
     model = prepare_policy(_model("mistral", True), adapter={"name": "none"}, cfg=cfg)
     assert fused_rmsnorm_count(model) == (0 if liger else 2 * DIMS["num_hidden_layers"] + 1)

@@ -57,7 +57,7 @@ def test_variants_name_their_settings():
         "activation_checkpointing",
         "no_fused_head",
         "no_fused_mlp",
-        "no_fused_rmsnorm",
+        "fused_rmsnorm",
         "system_allocator",
     }
     assert ABLATION_VARIANTS["system_allocator"]["setting"] == {"host_allocator": "system"}
