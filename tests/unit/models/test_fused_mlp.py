@@ -10,28 +10,16 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from tests.unit.models.helpers_fused import DIMS, FAMILIES
+from tests.unit.models.helpers_fused import loss_and_grads as _loss_and_grads
 from zephyr.models.fused_mlp import _SwiGLUDown, fuse_mlp, fused_mlp_count
 from zephyr.models.mistral import build_model
 
 pytestmark = pytest.mark.unit
 
-DIMS = dict(hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-FAMILIES = {
-    "mistral": dict(vocab_size=128, **DIMS),
-    "llama": dict(model_type="llama", vocab_size=128, **DIMS),
-    "qwen2": dict(model_type="qwen2", vocab_size=128, **DIMS),
-}
-
 
 def _model(family: str, fused: bool):
     return build_model(config=FAMILIES[family], init_seed=0, fused_mlp=fused)
-
-
-def _loss_and_grads(model, ids):
-    model.zero_grad()
-    out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
-    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_function_gradcheck_in_float64():

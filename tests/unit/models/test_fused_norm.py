@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from tests.unit.models.helpers_fused import DIMS
+from tests.unit.models.helpers_fused import FAMILIES as BASE_FAMILIES
+from tests.unit.models.helpers_fused import loss_and_grads as _loss_and_grads
 from zephyr.models.fused_norm import _RMSNormFn, fuse_rmsnorm, fused_rmsnorm_count
 from zephyr.models.mistral import build_model
 
 pytestmark = pytest.mark.unit
 
-DIMS = dict(hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 FAMILIES = {
-    "mistral": dict(vocab_size=128, **DIMS),
-    "llama": dict(model_type="llama", vocab_size=128, **DIMS),
-    "qwen2": dict(model_type="qwen2", vocab_size=128, **DIMS),
+    **BASE_FAMILIES,
     "qwen3": dict(model_type="qwen3", vocab_size=128, head_dim=8, **DIMS),  # + q_norm / k_norm per layer
     "phi3": dict(model_type="phi3", vocab_size=128, pad_token_id=0, **DIMS),
 }
@@ -27,13 +27,6 @@ NORMS = {"qwen3": 4 * DIMS["num_hidden_layers"] + 1}  # others: 2 per layer + th
 
 def _model(family: str, fused: bool):
     return build_model(config=FAMILIES[family], init_seed=0, fused_rmsnorm=fused)
-
-
-def _loss_and_grads(model, ids):
-    model.zero_grad()
-    out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
-    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_function_gradcheck_in_float64_and_the_forward_formula():
