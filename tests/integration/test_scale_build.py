@@ -100,12 +100,20 @@ def test_lora_estimate_matches_the_measured_working_set(checkpoint, tmp_path, co
 
     Measured with glibc's mmap threshold fixed at 128 KiB, so freed buffers leave RSS at once and the peak is the
     working set (measured 1.24 GB against the 1.29 GB estimate); glibc's default dynamic threshold keeps freed
-    sub-MB / MB buffers resident and the same run peaks at ~1.72 GB (README, scale section).
+    sub-MB / MB buffers resident and the same run peaks at ~1.72 GB (README, scale section), as does
+    ``hardware.host_allocator=auto`` (``retain`` on CPU, which would override the environment's threshold), so
+    the run keeps glibc's settings (``system``) and the environment's threshold applies.
     """
     from zephyr.scale.memory import estimates_for_config
 
     lora = [f"model.path={checkpoint}", *RUN_100M, "adapter=lora"]
-    train(tmp_path / "lora", *lora, *MEASURE, env={"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})
+    train(
+        tmp_path / "lora",
+        *lora,
+        *MEASURE,
+        "hardware.host_allocator=system",
+        env={"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)},
+    )
     (measured,) = _memory(tmp_path / "lora", 1)
     rows, facts = estimates_for_config(compose(*lora))
     assert facts["adapter"] == "lora" and facts["trainable_params"] < 0.05 * facts["n_params"]
