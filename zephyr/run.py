@@ -386,7 +386,7 @@ def apply_host_allocator(cfg: DictConfig, plan: Any) -> str:
     """
     from zephyr.scale.host_memory import configure_host_allocator
 
-    strategy = cfg.get("strategy", {}).get("name", "auto") if cfg.get("strategy") is not None else "auto"
+    strategy = (cfg.get("strategy") or {}).get("name", "auto")
     try:
         mode = configure_host_allocator(
             cfg.hardware.get("host_allocator", "auto"), accelerator=plan.accelerator, strategy=strategy

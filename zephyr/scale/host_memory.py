@@ -4,10 +4,11 @@ A CPU training step allocates and frees the same few GB of activations, gradient
 glibc's defaults serve blocks above a dynamic threshold (at most 32 MiB: the 113 MB embedding gradient, the
 ``(chunk, V)`` logits) with fresh ``mmap`` pages and trim the heap top on ``free``, so a large share of each step's
 memory is faulted in again, page by page, zeroed by the kernel. Measured on the realistic bench shape (2 threads,
-SmolLM2 dims at 20 layers, a DPO batch of 4 pairs): 130-220 k minor page faults per steady-state step (0.5-0.9 GB)
-and 0.85 M in the first; keeping freed memory (:func:`retain_freed_host_memory`) takes steady-state faults to
-about zero, the reference-cache fill from 10.1 to 8.1 s and the run's DPO tokens/s up 7 %, at the same peak RSS
-(the heap's high-water mark is the step's peak either way). The opposite setting
+SmolLM2 dims at 20 layers, a DPO batch of 4 pairs): 130-450 k minor page faults per later step (0.5-1.8 GB) and
+0.85 M in the first; keeping freed memory (:func:`retain_freed_host_memory`) takes steady-state faults to about
+zero, the reference-cache fill from 10.1 to 8.1 s and the run's DPO tokens/s up 5 % (the bench's
+``system_allocator`` row), peak RSS 0.98-1.00x of glibc's defaults there. Where many small buffers fragment the
+heap (LoRA's dropout copies) the peak stays above the working set, as with glibc's defaults. The opposite setting
 (:func:`return_freed_host_memory`) is what FSDP2 on CPU needs, where fragmentation of per-layer buffers would keep
 the unsharded copies resident.
 
@@ -55,8 +56,8 @@ def retain_freed_host_memory(top_pad: int = RETAIN_TOP_PAD) -> bool:
     """Serve every host allocation from the heap and never trim it, so freed blocks are reused, not re-faulted.
 
     ``M_MMAP_MAX=0`` (no ``mmap``-backed blocks, whatever their size), ``M_TRIM_THRESHOLD`` out of reach (the heap
-    top is kept after ``free``) and ``M_TOP_PAD=top_pad`` (fewer, larger heap extensions). Peak RSS is unchanged
-    (the heap's high-water mark is the peak of what was live); RSS no longer drops after that peak.
+    top is kept after ``free``) and ``M_TOP_PAD=top_pad`` (fewer, larger heap extensions). RSS no longer drops
+    after its peak.
 
     Returns:
         Whether every setting was applied (``False`` off glibc).
