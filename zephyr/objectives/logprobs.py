@@ -340,8 +340,8 @@ class _HeadLogps(torch.autograd.Function):
     def backward(ctx, grad_logps, _grad_sums, _grad_extras):
         hidden, weight, targets, lse = ctx.saved_tensors
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.zeros_like(hidden) if want_hidden else None
-        grad_weight = torch.zeros_like(weight) if want_weight else None
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None  # every row is written by its chunk
+        grad_weight = None  # the first chunk's product, then accumulated: no (V, H) zero fill
         vocab = weight.shape[0]
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             stop = min(start + ctx.chunk_size, hidden.shape[0])
@@ -352,7 +352,12 @@ class _HeadLogps(torch.autograd.Function):
             if want_hidden:
                 torch.mm(block, weight, out=grad_hidden[start:stop])
             if want_weight:
-                grad_weight.addmm_(block.t(), rows)
+                if grad_weight is None:
+                    grad_weight = torch.mm(block.t(), rows)
+                else:
+                    grad_weight.addmm_(block.t(), rows)
+        if want_weight and grad_weight is None:  # no counted rows
+            grad_weight = torch.zeros_like(weight)
         return grad_hidden, grad_weight, None, None, None
 
 

@@ -35,7 +35,7 @@ RETAIN_TOP_PAD = 256 << 20  # bytes: under ``retain``, the heap grows by at leas
 
 # <malloc.h>
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
-NEVER_TRIM = 2**31 - 1  # mallopt takes an int: the heap top is trimmed only once 2 GiB of it are free
+NEVER_TRIM = -1  # mallopt takes an int, glibc keeps a size_t: -1 is SIZE_MAX, the heap top is never trimmed
 
 
 def _mallopt(settings: Iterable[tuple[int, int]]) -> bool:

@@ -84,6 +84,18 @@ def test_fused_gradients_are_softmax_minus_onehot_by_hand():
     assert_close(weight.grad, torch.outer(dz, hidden.detach()[0, 0]))
 
 
+def test_fused_batch_with_nothing_counted_gives_zero_gradients_of_the_right_shape():
+    # the weight gradient starts as the first chunk's product (no zero fill); with no chunk at all it is zeros
+    hidden, weight, _ = _case(seed=3)
+    hidden.requires_grad_(True)
+    weight.requires_grad_(True)
+    labels = torch.full(hidden.shape[:2], -100)
+    out, gh, gw = _run(hidden, weight, labels, fused=True)
+    assert torch.equal(out.logps, torch.zeros(3))
+    assert gw.shape == (V, H) and torch.equal(gw, torch.zeros(V, H))
+    assert torch.equal(gh, torch.zeros_like(hidden))
+
+
 @pytest.mark.parametrize("frozen", ["weight", "hidden"])
 def test_fused_frozen_side_gets_no_gradient_and_the_other_the_same(frozen):
     hidden, weight, labels = _case(seed=1)
