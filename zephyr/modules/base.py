@@ -169,6 +169,7 @@ class ZephyrModule(pl.LightningModule):
         self._train_sums: dict[str, tuple[torch.Tensor, bool]] = {}  # name -> ([sum value x weight, sum weight], bar)
         self._step_tokens = 0  # non-pad tokens of this optimizer step on this rank
         self.num_tokens_seen = 0  # TRL's ``num_tokens``: training tokens of every rank so far (kept in checkpoints)
+        self._kept_grads = None  # KeptGradients on a CPU run under hardware.host_allocator=retain
 
     # ---- forward helpers -------------------------------------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -284,9 +285,16 @@ class ZephyrModule(pl.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self):
+        from zephyr.scale.host_memory import KeptGradients, host_allocator_mode
+
         params = [p for p in self.model.parameters() if p.requires_grad]
         strategy = type(self.trainer.strategy).__name__
         opt = make_optimizer(self.optimizer_factory, params, plain=strategy in PLAIN_STRATEGIES)
+        if self._kept_grads is not None:
+            self._kept_grads.remove()
+        # a CPU run under hardware.host_allocator=retain (the CPU default) keeps its gradient buffers between steps
+        keep = self.device.type == "cpu" and strategy in PLAIN_STRATEGIES and host_allocator_mode() == "retain"
+        self._kept_grads = KeptGradients(params) if keep else None
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(math.ceil(float(self.scheduler_cfg.get("warmup_ratio", 0.0)) * total))
         warmup = int(self.scheduler_cfg.get("warmup_steps", warmup) or 0)
@@ -294,6 +302,15 @@ class ZephyrModule(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        """Lightning's ``optimizer.zero_grad()``, or in place when the gradients are kept (:class:`KeptGradients`)."""
+        if self._kept_grads is None:
+            optimizer.zero_grad()
+        else:
+            self._kept_grads.zero()
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._kept_grads is not None:
+            self._kept_grads.drop_untouched()  # what got no gradient this step is skipped, as with set_to_none
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, prog_bar=False)
         self.log_train_metrics()  # after the last micro-batch's backward, once per optimizer step on every rank

@@ -27,7 +27,10 @@ import ctypes
 import logging
 from collections.abc import Iterable
 
+import torch
+
 log = logging.getLogger(__name__)
+_APPLIED: dict[str, str | None] = {"mode": None}  # what configure_host_allocator last applied in this process
 
 HOST_ALLOCATOR_MODES = ("auto", "retain", "release", "system")
 HOST_MMAP_THRESHOLD = 1 << 20  # bytes: under ``release``, host allocations from 1 MiB up are mmapped
@@ -112,14 +115,69 @@ def configure_host_allocator(mode: str, *, accelerator: str, strategy: str = "au
     apply = {"retain": retain_freed_host_memory, "release": return_freed_host_memory}.get(resolved)
     if apply is not None and not apply():
         log.info("hardware.host_allocator=%s: not glibc, the system allocator's defaults are kept", resolved)
-        return "system"
+        resolved = "system"
+    _APPLIED["mode"] = resolved
     return resolved
+
+
+def host_allocator_mode() -> str | None:
+    """What :func:`configure_host_allocator` last applied in this process (``None``: never called)."""
+    return _APPLIED["mode"]
+
+
+class KeptGradients:
+    """Zero the parameters' gradients in place between optimizer steps, with ``set_to_none=True``'s semantics.
+
+    ``optimizer.zero_grad()`` (``set_to_none=True``, torch's default) drops every ``.grad``, so each backward
+    allocates the gradients again (4 bytes per trained parameter) wherever the heap is free at that moment, among
+    the step's activations. Under ``retain`` on CPU that layout shifts from step to step and the heap keeps growing
+    for several steps, every new page a fault: measured on the realistic bench shape (DPO, 4 pairs), steps 1-3 at
+    10.4-10.8, 9.6 and 8.1 s with 0.4-0.5 M faults each and RSS climbing to 6.5 GB, against 10.4, 8.3 and 8.3 s and
+    5.6 GB with the gradients kept. Kept, the same buffers are reused every step.
+
+    Exactness: a kept buffer starts the next backward at ``+0``, and ``0 + g == g``. A parameter that got no
+    gradient since the last :meth:`zero` (an expert no token was routed to) has its buffer dropped by
+    :meth:`drop_untouched` before the optimizer step, so the optimizer skips it exactly as after
+    ``set_to_none=True``; a post-accumulate-grad hook on each parameter records which ones got one.
+    """
+
+    def __init__(self, params: Iterable[torch.nn.Parameter]):
+        self.params = [p for p in params if p.requires_grad]
+        self._touched: set[int] = set()
+        self._handles = [p.register_post_accumulate_grad_hook(self._mark) for p in self.params]
+
+    def _mark(self, param: torch.Tensor) -> None:
+        self._touched.add(id(param))
+
+    def drop_untouched(self) -> int:
+        """Set ``.grad = None`` on every parameter that got no gradient since :meth:`zero`; return how many."""
+        dropped = 0
+        for p in self.params:
+            if p.grad is not None and id(p) not in self._touched:
+                p.grad = None
+                dropped += 1
+        return dropped
+
+    def zero(self) -> None:
+        """Zero every kept gradient in place (one ``foreach`` call) and forget which parameters got one."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads:
+            torch._foreach_zero_(grads)
+        self._touched.clear()
+
+    def remove(self) -> None:
+        """Remove the hooks (the gradients stay as they are)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
 
 
 __all__ = [
     "HOST_ALLOCATOR_MODES",
+    "KeptGradients",
     "check_host_allocator",
     "configure_host_allocator",
+    "host_allocator_mode",
     "resolve_host_allocator",
     "retain_freed_host_memory",
     "return_freed_host_memory",

@@ -96,3 +96,95 @@ print(before - rss_mib())
     (released,) = _run(code, "release")
     (retained,) = _run(code, "retain")
     assert int(released) >= 56 and int(retained) <= 8, (released, retained)
+
+
+def _train(params, keep: bool, steps: int = 3):
+    """AdamW with weight decay over ``steps``; parameter 1 (an "expert") gets a gradient in step 0 only."""
+    import torch
+
+    from zephyr.scale.host_memory import KeptGradients
+
+    opt = torch.optim.AdamW(params, lr=0.1, weight_decay=0.1)
+    kept = KeptGradients(params) if keep else None
+    for step in range(steps):
+        loss = (params[0] * torch.arange(1.0, 4.0)).sum() ** 2
+        if step == 0:
+            loss = loss + params[1].sum()
+        loss.backward()
+        if kept is not None:
+            kept.drop_untouched()
+        opt.step()
+        if kept is not None:
+            kept.zero()
+        else:
+            opt.zero_grad()
+    return [p.detach().clone() for p in params]
+
+
+def test_kept_gradients_train_exactly_as_set_to_none_and_skip_what_got_no_gradient():
+    import torch
+
+    def fresh():
+        return [torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0])), torch.nn.Parameter(torch.ones(2))]
+
+    baseline, kept = _train(fresh(), keep=False), _train(fresh(), keep=True)
+    for a, b in zip(baseline, kept):
+        assert torch.equal(a, b)
+    # without dropping its stale zero, the idle parameter would still decay and move with its Adam moments
+    params = fresh()
+    opt = torch.optim.AdamW(params, lr=0.1, weight_decay=0.1)
+    params[1].sum().backward()
+    opt.step()
+    params[1].grad.zero_()
+    before = params[1].detach().clone()
+    opt.step()
+    assert not torch.equal(params[1], before)
+
+
+def test_a_cpu_module_under_retain_keeps_one_gradient_buffer_and_trains_the_same(tokenizer, monkeypatch):
+    import pytorch_lightning as pl
+    import torch
+
+    from tests.conftest import TINY_CONFIG
+    from zephyr.data.collate import collate_rows
+    from zephyr.data.sft import tokenize_conversation
+    from zephyr.models.mistral import build_model
+    from zephyr.modules.sft import SFTModule
+    from zephyr.scale import host_memory
+
+    conv = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sky."}]
+    e = tokenize_conversation(tokenizer, conv)
+    batches = [collate_rows([[(e.input_ids, e.labels)]], pad_id=2)] * 3
+
+    class Pointers(pl.Callback):
+        def __init__(self):
+            self.seen: list[int] = []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.seen.append(pl_module.model.lm_head.weight.grad.data_ptr())
+
+    def fit(mode):
+        monkeypatch.setitem(host_memory._APPLIED, "mode", mode)
+        torch.manual_seed(0)
+        module = SFTModule(
+            build_model(config=TINY_CONFIG, init_seed=0), optimizer=torch.optim.AdamW, scheduler={"name": "constant"}
+        )
+        ptrs = Pointers()
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_steps=3,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[ptrs],
+        )
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+        return module, ptrs.seen
+
+    kept, kept_ptrs = fit("retain")
+    dropped, _ = fit("system")
+    assert kept._kept_grads is not None and dropped._kept_grads is None
+    assert len(set(kept_ptrs)) == 1 and len(kept_ptrs) == 3  # the same buffer every step
+    for (name, a), (_, b) in zip(kept.model.named_parameters(), dropped.model.named_parameters()):
+        assert torch.equal(a, b), name
