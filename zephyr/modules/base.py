@@ -58,8 +58,10 @@ def make_optimizer(factory: Callable[..., torch.optim.Optimizer], params: list[t
 
     Hugging Face's Trainer (and so TRL) defaults to ``adamw_torch_fused`` on torch >= 2.8; the unfused
     per-tensor loop costs about a fifth of a dDPO step on the tiny CPU model. Fused is chosen only for
-    ``plain`` runs (one device or DDP: ordinary tensors; sharded strategies keep their own default) and when
-    the partial sets neither ``fused`` nor ``foreach`` (``objective.optimizer.fused=false`` opts out).
+    ``plain`` runs (one device or DDP: ordinary tensors, and no ``16-mixed`` loss scaler; sharded strategies keep
+    their own default) and when the partial sets neither ``fused`` nor ``foreach``
+    (``objective.optimizer.fused=false`` opts out). Gradient clipping of a fused step under ``bf16-mixed``:
+    :meth:`ZephyrModule.configure_gradient_clipping`.
     """
     import functools
 
@@ -289,7 +291,9 @@ class ZephyrModule(pl.LightningModule):
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         strategy = type(self.trainer.strategy).__name__
-        opt = make_optimizer(self.optimizer_factory, params, plain=strategy in PLAIN_STRATEGIES)
+        # under 16-mixed's loss scaler Lightning unscales before clipping, which a fused step would do itself
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        opt = make_optimizer(self.optimizer_factory, params, plain=strategy in PLAIN_STRATEGIES and not scaled)
         if self._kept_grads is not None:
             self._kept_grads.remove()
         # a CPU run under hardware.host_allocator=retain (the CPU default) keeps its gradient buffers between steps
@@ -301,6 +305,36 @@ class ZephyrModule(pl.LightningModule):
         fn = lr_lambda(self.scheduler_cfg.get("name", "cosine"), warmup, total)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """``trainer.gradient_clip_val`` by total norm, where Lightning's own route refuses two of our setups.
+
+        - FSDP1 (``strategy=fsdp`` on GPU): Lightning's ``FSDPPrecision`` refuses norm clipping; the total norm
+          over every shard is ``FullyShardedDataParallel.clip_grad_norm_`` on the wrapped root.
+        - A fused Adam (:func:`make_optimizer`) under ``bf16-mixed``: Lightning refuses clipping for optimizers that
+          unscale inside their step, but bf16 has no loss scaler, so the gradients are already true and
+          ``clip_grad_norm_`` over the optimizer's parameters is exact (HF's Trainer clips fused AdamW the same way).
+
+        Everything else (value clipping, ``16-mixed`` with its scaler, DeepSpeed's own ``gradient_clipping``) goes
+        through Lightning unchanged.
+        """
+        from pytorch_lightning.strategies import FSDPStrategy
+
+        if gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
+            if isinstance(self.trainer.strategy, FSDPStrategy):
+                self.trainer.model.clip_grad_norm_(float(gradient_clip_val))
+                return
+            no_scaler = getattr(self.trainer.precision_plugin, "scaler", None) is None
+            if getattr(optimizer, "_step_supports_amp_scaling", False) and no_scaler:
+                params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+                torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
+                return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         """Lightning's ``optimizer.zero_grad()``, or in place when the gradients are kept (:class:`KeptGradients`)."""
