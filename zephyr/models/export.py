@@ -62,6 +62,9 @@ def export_hf(
             state_dict = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
             model.config.dtype = dtype
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        if dtype is not None:  # save_pretrained writes the live model's dtype, not the cast weights'
+            config_file = tmp / "config.json"
+            config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "dtype": dtype}, indent=2) + "\n")
         gen = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
