@@ -7,7 +7,10 @@
    heads, SwiGLU 5632, the 32k vocabulary) in bf16 mixed precision with FlashAttention-2 (when flash-attn is
    not installed it says so in one line and uses SDPA), first with ``strategy=auto``, then ``strategy=fsdp`` and
    ``strategy=deepspeed_stage_3`` on 1 device;
-2. then ``pytest tests/gpu``.
+2. QLoRA dSFT and dDPO (``adapter=qlora``: the NF4 4-bit base, bf16 compute, LoRA r=16 on every decoder linear,
+   gradient checkpointing) on the same shape, saved once as a random-init bf16 checkpoint (:func:`write_base`):
+   the peak-memory figure of the one-GPU adapter path;
+3. then ``pytest tests/gpu``.
 
 Each case is one ``python train.py <overrides>`` process (the training entry itself, no second loop): the kit
 only adds the :class:`StepMeter` callback through ``+callbacks.gpu_meter``. The meter records the wall time
@@ -24,7 +27,9 @@ Figures, printed and written to ``bench/results/gpu.json``:
   every parameter that is a matmul weight (decoder layers and LM head; the input embedding, a lookup, is left
   out). **Attention FLOPs (QKᵀ and AV) are not counted**: the kit's rows pack short toy dialogues (~90 tokens,
   attention only within a dialogue), where that term is under 1 % of ``6·N``. The token count is the rows the
-  model actually ran (``num_row_tokens`` for prefix-shared DPO rows, else ``num_tokens``).
+  model actually ran (``num_row_tokens`` for prefix-shared DPO rows, else ``num_tokens``). The QLoRA cases keep
+  the same ``6·N`` so the rows compare; a frozen base skips the weight-gradient matmuls (about ``4·N`` of real
+  work) and recomputes the forward under checkpointing (about ``+2·N``), so ``6·N`` is close to what runs.
 
 Where no GPU is lent: ``--dry-run`` composes every case's config through Hydra (as ``train.py`` would), plans it
 (:func:`zephyr.scale.plan.launch_plan`, unchecked: GPU presets on a CPU machine) and asserts the shapes: ~1B
@@ -102,18 +107,21 @@ def matmul_parameters(model_config: dict[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class Case:
-    """One run of the kit: an objective under a strategy."""
+    """One run of the kit: an objective under a strategy, full fine-tuning or an adapter on a saved base."""
 
     objective: str
     strategy: str
+    adapter: str = "none"
 
     @property
     def name(self) -> str:
-        """``sft_auto``, ``dpo_deepspeed_stage_3``, ..."""
-        return f"{self.objective}_{self.strategy}"
+        """``sft_auto``, ``dpo_deepspeed_stage_3``, ``sft_qlora``, ..."""
+        return f"{self.objective}_{self.strategy if self.adapter == 'none' else self.adapter}"
 
 
+ADAPTERS = ("qlora",)
 CASES = [Case(o, s) for s in STRATEGIES for o in OBJECTIVES]
+CASES += [Case(o, "auto", a) for a in ADAPTERS for o in OBJECTIVES]
 
 
 @dataclass(frozen=True)
@@ -146,12 +154,25 @@ CPU = Mode(
 )
 
 
-def case_overrides(case: Case, mode: Mode, out: Path, *, attn: str) -> list[str]:
-    """The ``train.py`` overrides of one case: the model shape, data, strategy, the meter; no export or eval."""
+def case_overrides(case: Case, mode: Mode, out: Path, *, attn: str, base: Path | None = None) -> list[str]:
+    """The ``train.py`` overrides of one case: the model shape, data, strategy, the meter; no export or eval.
+
+    An adapter case trains on the saved random-init checkpoint ``base`` (:func:`write_base`, the mode's shape):
+    QLoRA quantizes a pretrained ``model.path``, never a random init.
+
+    Raises:
+        ValueError: an adapter case without ``base``.
+    """
+    if case.adapter == "none":
+        model = [*(f"model.config.{k}={v}" for k, v in mode.model.items())]
+    elif base is None:
+        raise ValueError(f"{case.name}: an adapter case needs the saved base checkpoint (base=...)")
+    else:
+        model = [f"adapter={case.adapter}", f"model.path={base}"]
     ov = [
         f"hardware={mode.hardware}",
         f"strategy={case.strategy}",
-        *(f"model.config.{k}={v}" for k, v in mode.model.items()),
+        *model,
         f"model.attn_implementation={attn}",
         "logger=none",
         "callbacks.model_checkpoint=null",
@@ -169,6 +190,23 @@ def case_overrides(case: Case, mode: Mode, out: Path, *, attn: str) -> list[str]
     else:
         ov += list(mode.sft)
     return ov
+
+
+def write_base(mode: Mode, out: Path, *, device: str = "cpu") -> Path:
+    """Save the adapter cases' base: a random-init model of the mode's shape (seed 0, bf16) with the embedded tokenizer.
+
+    Built on ``device`` (on the GPU a ~1B init takes a second, not a minute of CPU time); returns the export dir.
+    """
+    import torch
+
+    from zephyr.models.export import export_hf
+    from zephyr.models.mistral import build_model
+    from zephyr.tokenizer import load_tokenizer
+
+    config = {**compose_case([]).model.config, **mode.model}
+    with torch.device(device):
+        model = build_model(config=config, init_seed=0, fused_mlp=False)
+    return export_hf(model, load_tokenizer(), out, dtype="bfloat16")
 
 
 def compose_case(overrides: list[str]):
@@ -271,16 +309,27 @@ def _env() -> dict[str, str]:
         ("HF_DATASETS_OFFLINE", "1"),
         ("WANDB_MODE", "disabled"),
         ("TOKENIZERS_PARALLELISM", "false"),
+        ("HYDRA_FULL_ERROR", "1"),  # a failing case's last stderr line is then the exception, not Hydra's hint
     ):
         env.setdefault(key, value)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
 
 
-def run_case(case: Case, mode: Mode, work: Path, *, attn: str, n_matmul: int, peak_flops: float | None, timeout: float):
+def run_case(
+    case: Case,
+    mode: Mode,
+    work: Path,
+    *,
+    attn: str,
+    n_matmul: int,
+    peak_flops: float | None,
+    timeout: float,
+    base: Path | None = None,
+):
     """One ``train.py`` process for ``case``; its summary, or ``{"error": ...}`` naming the failure."""
     out = work / case.name
-    cmd = [sys.executable, str(REPO_ROOT / "train.py"), *case_overrides(case, mode, out, attn=attn)]
+    cmd = [sys.executable, str(REPO_ROOT / "train.py"), *case_overrides(case, mode, out, attn=attn, base=base)]
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
@@ -289,8 +338,9 @@ def run_case(case: Case, mode: Mode, work: Path, *, attn: str, n_matmul: int, pe
     wall = time.perf_counter() - started
     meter = out / "meter.json"
     if proc.returncode != 0 or not meter.is_file():
-        tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1:] or ["(no stderr)"]
-        return {"error": f"train.py exit {proc.returncode}: {tail[0][:300]}", "wall_s": wall}
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["(no stderr)"]
+        error = f"train.py exit {proc.returncode}: {lines[-1][:300]}"
+        return {"error": error, "stderr_tail": lines[-30:], "wall_s": wall}
     try:
         return {**summarize(json.loads(meter.read_text()), n_matmul=n_matmul, peak_flops=peak_flops), "wall_s": wall}
     except RuntimeError as e:
@@ -313,9 +363,13 @@ def dry_run(mode: Mode = GPU) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="zephyr-gpu-dry-") as tmp:
+        base = Path(tmp) / "base"
         for case in CASES:
-            cfg = compose_case(case_overrides(case, mode, Path(tmp) / case.name, attn="flash_attention_2"))
+            cfg = compose_case(case_overrides(case, mode, Path(tmp) / case.name, attn="flash_attention_2", base=base))
             mcfg = OmegaConf.to_container(cfg.model.config, resolve=True)
+            if case.adapter != "none":  # the shape lives in the saved base (write_base): the mode's shape
+                assert cfg.adapter.name == case.adapter and cfg.model.path == str(base), case.name
+                mcfg |= mode.model
             n = count_parameters(mcfg)
             plan = launch_plan(cfg, check=False)
             assert plan.option == case.strategy and plan.world_size == 1, (case.name, plan)
@@ -327,6 +381,7 @@ def dry_run(mode: Mode = GPU) -> dict[str, Any]:
             out[case.name] = {
                 "objective": case.objective,
                 "strategy": plan.option,
+                "adapter": case.adapter,
                 "sharded": plan.sharded,
                 "world_size": plan.world_size,
                 "precision": plan.precision,
@@ -380,21 +435,32 @@ def run_kit(mode: Mode, cases: list[Case], out: Path, *, budget_s: float, tests_
         "cases": {},
     }
     with tempfile.TemporaryDirectory(prefix="zephyr-gpu-check-") as tmp:
+        base = None
         for case in cases:
             left = budget_s - (time.perf_counter() - started) - (tests_reserve_s if run_tests else 0.0)
             if left < 20:
                 results["cases"][case.name] = {"error": "skipped: the time budget is spent"}
                 continue
+            if case.adapter != "none" and base is None:
+                base = write_base(mode, Path(tmp) / "base", device="cuda" if on_gpu else "cpu")
             print(f"running {case.name} ...", flush=True)
             results["cases"][case.name] = run_case(
-                case, mode, Path(tmp), attn=attn, n_matmul=n_matmul, peak_flops=results["peak_bf16_flops"], timeout=left
+                case,
+                mode,
+                Path(tmp),
+                attn=attn,
+                n_matmul=n_matmul,
+                peak_flops=results["peak_bf16_flops"],
+                timeout=left,
+                base=base,
             )
+            _write(out, results)  # after every case: a kit stopped from outside keeps what it measured
     _print_table(results["cases"])
     if run_tests:
         left = max(30.0, budget_s - (time.perf_counter() - started))
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "tests/gpu"],
+                [sys.executable, "-m", "pytest", "-q", "-rfEs", "tests/gpu"],
                 cwd=REPO_ROOT,
                 env=_env(),
                 capture_output=True,
@@ -403,14 +469,20 @@ def run_kit(mode: Mode, cases: list[Case], out: Path, *, budget_s: float, tests_
             )
             lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
             results["tests_gpu"] = {"exit": proc.returncode, "summary": lines[-1] if lines else ""}
+            if proc.returncode != 0:
+                results["tests_gpu"]["output_tail"] = lines[-60:]
         except subprocess.TimeoutExpired:
             results["tests_gpu"] = {"exit": None, "summary": f"timed out after {left:.0f} s (time budget)"}
         print(f"pytest tests/gpu: {results['tests_gpu']['summary']}", flush=True)
     results["elapsed_s"] = time.perf_counter() - started
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    _write(out, results)
     print(f"wrote {out}", flush=True)
     return results
+
+
+def _write(out: Path, results: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

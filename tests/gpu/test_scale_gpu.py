@@ -102,3 +102,19 @@ def test_flash_attention_is_used_when_installed():
     from zephyr.models.mistral import resolve_attn_implementation
 
     assert resolve_attn_implementation("flash_attention_2") == "flash_attention_2"
+
+
+def test_qlora_dsft_on_one_gpu_exports_a_plain_merged_model(tmp_path, sft_export):
+    pytest.importorskip("bitsandbytes")
+    m = _train(
+        tmp_path,
+        "adapter=qlora",
+        f"model.path={sft_export}",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=5",
+        "data.batch_size=8",
+    )
+    assert m["global_step"] == 10.0 and m["eval/loss"] < 10.0
+    print(f"QLoRA dSFT: {m['train/tokens_per_sec']:.0f} tokens/s")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    _check_export(tmp_path / "model")  # merged into the bf16 base: a plain checkpoint, no bitsandbytes needed

@@ -23,6 +23,8 @@ def test_dry_run_composes_every_case_with_a_1b_model():
         "dpo_fsdp",
         "sft_deepspeed_stage_3",
         "dpo_deepspeed_stage_3",
+        "sft_qlora",
+        "dpo_qlora",
     ]
     for name, c in checked.items():
         # 18 layers x (attention 12,582,912 + SwiGLU 34,603,008 + norms 4,096) + embedding and head 2 x 65,536,000
@@ -32,6 +34,7 @@ def test_dry_run_composes_every_case_with_a_1b_model():
         assert c["world_size"] == 1 and c["precision"] == "bf16-mixed"
         assert c["sharded"] == (c["strategy"] != "auto"), name
         assert c["objective"] == name.split("_")[0]
+        assert c["adapter"] == ("qlora" if name.endswith("qlora") else "none"), name
     assert (checked["sft_auto"]["micro_batch_size"], checked["sft_auto"]["max_length"]) == (4, 2048)
     assert (checked["dpo_auto"]["micro_batch_size"], checked["dpo_auto"]["max_length"]) == (8, 1024)
 
@@ -79,14 +82,37 @@ def test_summarize_by_hand():
 
 
 def test_case_overrides_reuse_train_py_with_the_meter(tmp_path):
-    dpo = case_overrides(CASES[-1], GPU, tmp_path, attn="sdpa")
-    assert CASES[-1].name == "dpo_deepspeed_stage_3"
+    case = next(c for c in CASES if c.name == "dpo_deepspeed_stage_3")
+    dpo = case_overrides(case, GPU, tmp_path, attn="sdpa")
     for want in ("strategy=deepspeed_stage_3", "hardware=gpu1", "objective=dpo", "model.attn_implementation=sdpa"):
         assert want in dpo
     assert f"objective.reference.cache_dir={tmp_path / 'ref_cache'}" in dpo
     assert f"+callbacks.gpu_meter.out={tmp_path / 'meter.json'}" in dpo and "export=false" in dpo
     assert f"model.config.num_hidden_layers={ONE_B['num_hidden_layers']}" in dpo
     assert f"trainer.max_steps={GPU.warmup + GPU.steps}" in dpo
+
+
+def test_adapter_cases_train_on_the_saved_base_not_a_random_init(tmp_path):
+    qlora = next(c for c in CASES if c.name == "dpo_qlora")
+    assert (qlora.objective, qlora.strategy, qlora.adapter) == ("dpo", "auto", "qlora")
+    ov = case_overrides(qlora, GPU, tmp_path, attn="sdpa", base=tmp_path / "base")
+    assert "adapter=qlora" in ov and f"model.path={tmp_path / 'base'}" in ov and "strategy=auto" in ov
+    assert not any(o.startswith("model.config.") for o in ov)  # the shape comes from the checkpoint
+    with pytest.raises(ValueError, match="dpo_qlora: an adapter case needs the saved base checkpoint"):
+        case_overrides(qlora, GPU, tmp_path, attn="sdpa")
+
+
+def test_write_base_saves_the_mode_shape_with_the_embedded_tokenizer(tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from bench.gpu_check import CPU, write_base
+
+    out = write_base(CPU, tmp_path / "base")
+    cfg = AutoConfig.from_pretrained(out)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size) == tuple(
+        CPU.model[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size")
+    )
+    assert cfg.dtype == torch.bfloat16 and AutoTokenizer.from_pretrained(out).vocab_size == 32000
 
 
 def test_step_meter_drops_the_warmup_and_writes_its_record(tmp_path):
