@@ -184,11 +184,12 @@ def build_policy(
     gradient_checkpointing: bool = False,
     fused_mlp: bool = False,
     fused_rmsnorm: bool = False,
+    segment_attention: bool = False,
 ):
     """The random-init model (tiny Mistral or ``model_type``'s family) in fp32 with SDPA attention, same per seed.
 
-    ``fused_mlp`` and ``fused_rmsnorm`` are off by default: this is also TRL's model, which is the family's own
-    code.
+    ``fused_mlp``, ``fused_rmsnorm`` and ``segment_attention`` are off by default: this is also TRL's model, which
+    is the family's own code.
     """
     from zephyr.models.mistral import build_model
 
@@ -200,6 +201,7 @@ def build_policy(
         gradient_checkpointing=gradient_checkpointing,
         fused_mlp=fused_mlp,
         fused_rmsnorm=fused_rmsnorm,
+        segment_attention=segment_attention,
     )
 
 
@@ -209,6 +211,7 @@ def zephyr_policy(p: dict[str, Any]):
     ``p["lora"]``: adapters via :func:`zephyr.models.adapters.apply_adapter`; ``p["compile"]``: ``torch.compile``
     of each decoder layer in place (what ``trainer.compile=true`` does); ``p["activation_checkpointing"]``;
     ``p["fused_mlp"]`` (default on, as in training), ``p["fused_rmsnorm"]`` (default off, as in training);
+    ``p["segment_attention"]`` (default on, as in training);
     ``p["host_allocator"]`` (default
     ``auto``: ``retain`` on CPU, what ``hardware.host_allocator`` applies in training, before the model is built;
     ``system``: the ``system_allocator`` row).
@@ -221,6 +224,8 @@ def zephyr_policy(p: dict[str, Any]):
         gradient_checkpointing=bool(p.get("activation_checkpointing")),
         fused_mlp=bool(p.get("fused_mlp", True)),  # zephyr's default (model.fused_mlp); off: the no_fused_mlp row
         fused_rmsnorm=bool(p.get("fused_rmsnorm", False)),  # model.fused_rmsnorm (opt-in): the fused_rmsnorm row
+        # model.segment_attention (off under compile, as trainer.compile turns it off): the no_segment_attention row
+        segment_attention=bool(p.get("segment_attention", True)) and not p.get("compile"),
     )
     if p.get("lora"):
         from zephyr.models.adapters import apply_adapter

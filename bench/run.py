@@ -39,6 +39,7 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "activation_checkpointing": {"kinds": ("sft", "dpo"), "setting": {"activation_checkpointing": True}},
     "no_fused_head": {"kinds": ("sft", "dpo"), "setting": {"fused_head": False}},
     "no_fused_mlp": {"kinds": ("sft", "dpo"), "setting": {"fused_mlp": False}},
+    "no_segment_attention": {"kinds": ("sft",), "setting": {"segment_attention": False}},
     "fused_rmsnorm": {"kinds": ("sft", "dpo"), "setting": {"fused_rmsnorm": True}},
     "system_allocator": {"kinds": ("sft", "dpo"), "setting": {"host_allocator": "system"}},
 }
@@ -217,6 +218,7 @@ ABLATIONS = {
         "no_chunked_loss": {"chunked_loss": False},
         "no_fused_head": {"fused_head": False},
         "no_fused_mlp": {"fused_mlp": False},
+        "no_segment_attention": {"segment_attention": False},
         "fused_rmsnorm": {"fused_rmsnorm": True},
         "system_allocator": {"host_allocator": "system"},
         "no_packing": {"packing": False},

@@ -113,6 +113,7 @@ def build_model(
     quantization_config: Any = None,
     fused_mlp: bool = True,
     fused_rmsnorm: bool = False,
+    segment_attention: bool = True,
     **unused: Any,
 ) -> PreTrainedModel:
     """Create the causal LM.
@@ -132,6 +133,9 @@ def build_model(
         fused_rmsnorm: route Llama-style RMSNorms through :mod:`zephyr.models.fused_norm` while training (the
             same forward numbers, one activation fewer saved per norm); opt-in: speed and peak RSS within noise
             on the CPU bench; ``False``: the family's own forward.
+        segment_attention: under ``sdpa``, attend one packed sequence at a time when a batch passes its run
+            lengths (:mod:`zephyr.models.segment_attention`: dSFT's packed rows; the same numbers); ``False``:
+            transformers' masked SDPA over whole rows.
         **unused: other keys of the model config group (tokenizer, name) that are not for this function.
 
     Returns:
@@ -193,6 +197,10 @@ def build_model(
         from zephyr.models.fused_norm import fuse_rmsnorm
 
         fuse_rmsnorm(model)
+    if segment_attention:
+        from zephyr.models.segment_attention import use_segment_attention
+
+        use_segment_attention(model)
     model.train()
     return model
 

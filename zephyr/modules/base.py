@@ -174,14 +174,24 @@ class ZephyrModule(pl.LightningModule):
         self._kept_grads = None  # KeptGradients on a CPU run under hardware.host_allocator=retain
 
     # ---- forward helpers -------------------------------------------------------------------------------------
+    def _segments(self, position_ids: torch.Tensor) -> dict[str, Any]:
+        """A padding-free batch's run lengths for :mod:`zephyr.models.segment_attention`, if the model uses it."""
+        from zephyr.models import segment_attention as seg
+
+        if not seg.uses_segment_attention(self.model):
+            return {}
+        return {seg.KEYWORD: seg.segment_lengths(position_ids)}
+
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Final hidden states ``(B, T, H)`` of a padding-free batch (no 2-D mask; position ids restart)."""
-        out = lm_parts(self.model)[0](input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        body = lm_parts(self.model)[0]
+        out = body(input_ids=input_ids, position_ids=position_ids, use_cache=False, **self._segments(position_ids))
         return out.last_hidden_state
 
     def logits(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Full logits ``(B, T, V)`` (the straightforward path, used when ``chunked_loss`` is off)."""
-        return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        seg = self._segments(position_ids)
+        return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **seg).logits
 
     def check_finite(self, name: str, value: torch.Tensor) -> None:
         if not torch.isfinite(value.detach()).all():

@@ -178,8 +178,11 @@ def compile_model(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
     """
     if not cfg.trainer.get("compile", False):
         return model
+    from zephyr.models.segment_attention import drop_segment_attention
     from zephyr.scale.fsdp2 import decoder_layers
 
+    if drop_segment_attention(model):
+        log.info("torch.compile: model.segment_attention off (per-batch run lengths would recompile every layer)")
     for layer in decoder_layers(model):
         layer.compile()
     log.info("torch.compile: %d decoder layers compiled in place", len(decoder_layers(model)))

@@ -136,7 +136,8 @@ def test_build_model_loads_each_family_with_a_supported_kernel(family_dir, caplo
             "Gemma2ForCausalLM does not support attn_implementation=sdpa (hardware.attn_implementation); using eager"
         ]
     else:
-        assert model.config._attn_implementation == "sdpa" and fallbacks == []
+        # SDPA, routed through model.segment_attention (the default), which is SDPA per packed run
+        assert model.config._attn_implementation == "zephyr_segment_sdpa" and fallbacks == []
     assert type(model).__name__.lower().startswith(family)
     assert model.training
 

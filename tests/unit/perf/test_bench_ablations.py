@@ -57,10 +57,24 @@ def test_variants_name_their_settings():
         "activation_checkpointing",
         "no_fused_head",
         "no_fused_mlp",
+        "no_segment_attention",
         "fused_rmsnorm",
         "system_allocator",
     }
     assert ABLATION_VARIANTS["system_allocator"]["setting"] == {"host_allocator": "system"}
+    assert ABLATION_VARIANTS["no_segment_attention"] == {"kinds": ("sft",), "setting": {"segment_attention": False}}
+
+
+def test_the_bench_policies_segment_attention_is_zephyrs_alone(monkeypatch):
+    from bench.common import TINY_MODEL_CONFIG, build_policy, zephyr_policy
+    from zephyr.models.segment_attention import uses_segment_attention
+    from zephyr.scale import host_memory
+
+    monkeypatch.setitem(host_memory._APPLIED, "mode", host_memory._APPLIED["mode"])  # restored after the test
+    p = {"model_config": TINY_MODEL_CONFIG, "host_allocator": "system"}  # glibc's defaults: no mallopt here
+    assert not uses_segment_attention(build_policy(TINY_MODEL_CONFIG))  # TRL's model: transformers' SDPA
+    assert uses_segment_attention(zephyr_policy(p))
+    assert not uses_segment_attention(zephyr_policy({**p, "segment_attention": False}))  # no_segment_attention
 
 
 def test_fused_head_equal_logps_and_grads_to_the_checkpointed_head(monkeypatch):
