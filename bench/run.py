@@ -424,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
             r["trl_utilisation"] = (
                 utilisation(r["trl_model_gflops_per_s"] * 1e9, best) if r["trl_model_gflops_per_s"] else None
             )
+    if suspect := peak_suspect(results, args.only):
+        results["machine"]["matmul_peak_suspect"] = suspect
+        log(f"[bench] warning: {suspect}")
     if path.is_file():  # ablation rows recorded earlier carry their own default, measured in their own run
         previous = json.loads(path.read_text()).get("ablations")
         if previous:
@@ -434,6 +437,25 @@ def main(argv: list[str] | None = None) -> int:
     log("")
     log(table(results))
     return 0
+
+
+def peak_suspect(results: dict[str, Any], kinds: list[str]) -> str | None:
+    """The warning when a side's utilisation exceeds 1: the GEMM peak was measured low (a busy or throttled
+    host), so no utilisation figure of the run is evidence; ``None`` when every figure is at most 1."""
+    over = [
+        f"{kind} {side} {results[kind][f'{side}_utilisation']:.2f}"
+        for kind in kinds
+        if kind != "sweep"
+        for side in ("zephyr", "trl")
+        if (results[kind].get(f"{side}_utilisation") or 0.0) > 1.0
+    ]
+    if not over:
+        return None
+    return (
+        f"utilisation above 1 ({', '.join(over)}): the matmul peak measured "
+        f"{results['machine']['matmul_peak_gflops']:.0f} GFLOP/s, below what training reached; "
+        "this run's utilisation figures are not evidence (its tokens/s and ratios are)"
+    )
 
 
 def write_results(results: dict[str, Any], path: Path, shape: str) -> None:

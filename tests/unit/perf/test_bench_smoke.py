@@ -110,3 +110,18 @@ def test_tiny_bench_run_writes_the_promised_schema(tmp_path):
     assert data["settings"]["model_config"]["hidden_size"] == 32
     # the table is the last thing printed
     assert proc.stdout.rstrip().splitlines()[-1].startswith("| 1-point beta sweep wall time (s) | ")
+
+
+def test_a_utilisation_above_one_flags_the_peak_measurement():
+    from bench.run import peak_suspect
+
+    results = {
+        "machine": {"matmul_peak_gflops": 195.4},
+        "sft": {"zephyr_utilisation": 1.05, "trl_utilisation": 0.22},
+        "dpo": {"zephyr_utilisation": 0.48, "trl_utilisation": None},
+        "sweep": {"zephyr_s": 17.3},
+    }
+    msg = peak_suspect(results, ["sft", "dpo", "sweep"])
+    assert msg.startswith("utilisation above 1 (sft zephyr 1.05): the matmul peak measured 195 GFLOP/s")
+    results["sft"]["zephyr_utilisation"] = 0.98
+    assert peak_suspect(results, ["sft", "dpo", "sweep"]) is None
