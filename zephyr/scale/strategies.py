@@ -19,6 +19,7 @@ checks and the strategy object take the resulting :class:`~zephyr.scale.plan.Lau
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -246,4 +247,8 @@ def build_strategy(cfg: DictConfig, plan: LaunchPlan) -> Any:
         micro_batch_size=plan.micro_batch_size,
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
     )
+    # Lightning warns that an overridden configure_gradient_clipping (ZephyrModule's, for FSDP1 and fused bf16
+    # steps) "will not actually clip" under DeepSpeed; here the engine clips (``gradient_clipping`` above) and the
+    # hook falls through to Lightning's no-op, so the warning would only mislead
+    warnings.filterwarnings("ignore", message="Since DeepSpeed handles gradient clipping internally")
     return DeepSpeedStrategy(config=ds)

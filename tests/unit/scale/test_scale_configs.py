@@ -123,6 +123,12 @@ def test_deepspeed_strategy_object_carries_the_generated_config(grid):
     assert s.config["zero_optimization"]["stage"] == 3
     assert s.config["bf16"] == {"enabled": True}
     assert "gradient_accumulation_steps" not in s.config  # Lightning sets it from accumulate_grad_batches
+    assert s.config["gradient_clipping"] == cfg.trainer.gradient_clip_val  # the engine clips
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:  # Lightning's "will not actually clip" would only mislead
+        warnings.warn("Since DeepSpeed handles gradient clipping internally, ...", UserWarning, stacklevel=1)
+    assert seen == []  # ignored, where this suite's filters would otherwise raise it
 
 
 def test_launch_plan_decides_strategy_world_and_sharding_once(grid):
