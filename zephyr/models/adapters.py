@@ -195,6 +195,11 @@ def apply_adapter(model: torch.nn.Module, acfg: dict[str, Any]) -> torch.nn.Modu
     return peft_model
 
 
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under PEFT's wrapper (``get_base_model``, adapter layers in place), else ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def is_peft_model(model: torch.nn.Module) -> bool:
     """Whether ``model`` carries PEFT adapters (a ``peft.PeftModel``)."""
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from zephyr.models.adapters import unwrapped
+
 NAME = "zephyr_segment_sdpa"
 KEYWORD = "zephyr_segments"
 
@@ -43,7 +45,7 @@ def use_segment_attention(model: torch.nn.Module) -> bool:
         ``False`` (unchanged) for any other attention implementation (``eager``; ``flash_attention_2``, which has
         its own variable-length kernel).
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     config = getattr(inner, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return False
@@ -58,15 +60,13 @@ def drop_segment_attention(model: torch.nn.Module) -> bool:
     """
     if not uses_segment_attention(model):
         return False
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner.set_attn_implementation("sdpa")
+    unwrapped(model).set_attn_implementation("sdpa")
     return True
 
 
 def uses_segment_attention(model: torch.nn.Module) -> bool:
     """Whether ``model``'s attention is :data:`NAME` (so a packed batch should pass its run lengths)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(getattr(inner, "config", None), "_attn_implementation", None) == NAME
+    return getattr(getattr(unwrapped(model), "config", None), "_attn_implementation", None) == NAME
 
 
 def segment_lengths(position_ids: torch.Tensor) -> tuple[tuple[int, ...], ...]:

@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 
 from zephyr.errors import NonFiniteLossError
+from zephyr.models.adapters import unwrapped
 
 SCHEDULES = ("cosine", "linear", "constant")
 PLAIN_STRATEGIES = ("SingleDeviceStrategy", "DDPStrategy")
@@ -29,7 +30,7 @@ def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     A PEFT model (``get_base_model``) is looked through: its body and head are the wrapped model's, with the
     adapter layers in place (so ``with model.disable_adapter():`` reaches them too).
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     return inner.base_model, inner.get_output_embeddings()
 
 

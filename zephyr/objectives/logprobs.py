@@ -40,6 +40,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from zephyr.models.adapters import unwrapped
 from zephyr.models.fused_mlp import is_plain_linear
 
 __all__ = [
@@ -141,7 +142,7 @@ def logit_softcap(model: torch.nn.Module) -> float | None:
 
     A PEFT model is looked through (its wrapped model's config).
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     cap = getattr(getattr(inner, "config", None), "final_logit_softcapping", None)
     return float(cap) if cap else None
 
